@@ -1,0 +1,265 @@
+"""Typed configuration: nested dataclasses read from YAML, with dotted command-line overrides.
+
+Every knob is documented in the YAML files under ``configs/``; this module owns the types, the
+defaults and the validation. Unknown keys and wrong types fail before any model is built, and the
+message names the dotted key and what was expected::
+
+    cfg = load_config("configs/tiny_synthetic.yaml", ["optim.lr=1e-4", "run.seed=1"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or inconsistent."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/tiny_synthetic"
+    seed: int = 0
+    log_every: int = 10
+    num_visualizations: int = 6
+    eval_at_end: bool = True
+
+
+@dataclass
+class SyntheticConfig:
+    """Spec of the synthetic generalized-referring set (see ``gsva.data.synthetic.SyntheticSpec``)."""
+
+    seed: int = 0
+    image_size: int = 64
+    num_images: dict[str, int] = field(
+        default_factory=lambda: {"train": 3000, "val": 300, "testA": 150, "testB": 150}
+    )
+    min_objects: int = 2
+    max_objects: int = 4
+    min_object_size: int = 16
+    max_object_size: int = 26
+    repeat_colour_prob: float = 0.35
+    absent_expression_prob: float = 0.6
+    pair_expression_prob: float = 0.15
+    segmentation_format: Literal["polygon", "mixed"] = "polygon"
+
+
+@dataclass
+class DataConfig:
+    dataset_dir: str = "data/synthetic"
+    dataset: Literal["grefcoco"] = "grefcoco"
+    split_by: str = "unc"
+    train_split: str = "train"
+    eval_split: str = "val"
+    num_classes_per_sample: int = 5
+    conversation: Literal["llava_v1", "llava_llama_2"] = "llava_v1"
+    sam_image_size: int = 1024
+    clip_image_size: int = 224
+    model_max_length: int = 512
+    num_workers: int = 2
+    synthetic: Optional[SyntheticConfig] = None
+
+
+@dataclass
+class TinyDims:
+    """Sizes of the randomly initialised components built when no checkpoint is given."""
+
+    vocab_size: int = 512
+    llm_hidden_size: int = 128
+    llm_layers: int = 2
+    llm_heads: int = 4
+    llm_intermediate_size: int = 344
+    clip_hidden_size: int = 64
+    clip_layers: int = 3
+    clip_heads: int = 4
+    clip_patch_size: int = 8
+    sam_embed_dim: int = 64
+    sam_depth: int = 2
+    sam_heads: int = 4
+    sam_patch_size: int = 8
+    sam_window_size: int = 0
+    prompt_embed_dim: int = 64
+    decoder_mlp_dim: int = 256
+    decoder_heads: int = 4
+
+
+@dataclass
+class ModelConfig:
+    llava_path: Optional[str] = None
+    tokenizer_path: Optional[str] = None
+    vision_tower_path: Optional[str] = None
+    sam_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
+    sam_checkpoint: Optional[str] = None
+    tiny: TinyDims = field(default_factory=TinyDims)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    seg_token_mode: Literal["shared", "individual"] = "shared"
+    num_individual_seg_tokens: int = 8
+    use_rej_token: bool = True
+    gradient_checkpointing: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    ce_loss_weight: float = 1.0
+    bce_loss_weight: float = 2.0
+    dice_loss_weight: float = 0.5
+    mask_loss_normalization: Literal["authors", "seg_only"] = "authors"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    sam_side_lr_scale: float = 1.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    warmup_steps: int = 100
+    micro_batch_size: int = 2
+    grad_accum_steps: int = 10
+    zero_stage: int = 2
+
+
+@dataclass
+class ScheduleConfig:
+    mode: Literal["steps", "epochs"] = "steps"
+    steps: int = 50000
+    epochs: int = 10
+    save_every: int = 5000
+    keep_last: int = 2
+
+
+@dataclass
+class ComponentPretrainConfig:
+    """Short pretraining of the tiny components (stand-ins for SAM's and LLaVA's own pretraining)."""
+
+    enabled: bool = False
+    output_dir: str = "runs/tiny_components"
+    sam_steps: int = 400
+    sam_lr: float = 3e-3
+    llava_steps: int = 400
+    llava_lr: float = 2e-3
+    batch_size: int = 16
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    components: ComponentPretrainConfig = field(default_factory=ComponentPretrainConfig)
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(repr(value) for value in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against ``annotation`` and build nested dataclasses; raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _convert(value, inner, key)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {list(allowed)}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+        return _build(annotation, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_convert(item, item_type, f"{key}[{index}]") for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(annotation)
+        return {name: _convert(item, value_type, f"{key}.{name}") for name, item in value.items()}
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation in (int, float, str) and (not isinstance(value, annotation) or isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys here: {names}")
+    kwargs = {
+        name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    dotted, raw = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that no single type annotation can express."""
+    if cfg.data.num_classes_per_sample < 1:
+        raise ConfigError("data.num_classes_per_sample must be >= 1")
+    if cfg.model.sam_type != "tiny" and cfg.model.sam_checkpoint is None and not cfg.components.enabled:
+        raise ConfigError(
+            f"model.sam_checkpoint is required for model.sam_type={cfg.model.sam_type!r} "
+            "(e.g. sam_vit_h_4b8939.pth); use model.sam_type=tiny for a random tiny SAM"
+        )
+    if cfg.optim.micro_batch_size < 1 or cfg.optim.grad_accum_steps < 1:
+        raise ConfigError("optim.micro_batch_size and optim.grad_accum_steps must be >= 1")
+    if cfg.optim.zero_stage not in (0, 1, 2):
+        raise ConfigError(f"optim.zero_stage: {cfg.optim.zero_stage} not supported; expected 0, 1 or 2")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or the defaults when ``path`` is None) and apply ``key.sub=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    for override in overrides or []:
+        _apply_override(tree, override)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,63 @@
+"""Per-image samples produced by datasets and their collation into the batch contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gsva.batch import GsvaBatch
+from gsva.special_tokens import IGNORE_INDEX
+
+
+@dataclass
+class ConversationSample:
+    input_ids: list[int]
+    labels: list[int]
+    target_masks: np.ndarray
+    """(T, H, W) uint8: one mask per answer slot, all zeros for ``[REJ]`` slots."""
+    slot_exists: list[bool]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageSample:
+    sam_image: torch.Tensor
+    """(3, S, S) float."""
+    clip_image: torch.Tensor
+    """(3, C, C) float."""
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    conversations: list[ConversationSample]
+
+
+def collate_samples(samples: list[ImageSample], pad_token_id: int) -> GsvaBatch:
+    """Stack images, right-pad token sequences, keep per-conversation masks as a list."""
+    conversations = [conv for sample in samples for conv in sample.conversations]
+    length = max(len(conv.input_ids) for conv in conversations)
+    input_ids = torch.full((len(conversations), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(conversations), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(conversations), length), dtype=torch.bool)
+    for row, conv in enumerate(conversations):
+        count = len(conv.input_ids)
+        input_ids[row, :count] = torch.tensor(conv.input_ids, dtype=torch.long)
+        labels[row, :count] = torch.tensor(conv.labels, dtype=torch.long)
+        attention_mask[row, :count] = True
+    conv_to_image = torch.tensor(
+        [image_index for image_index, sample in enumerate(samples) for _ in sample.conversations], dtype=torch.long
+    )
+    return GsvaBatch(
+        sam_images=torch.stack([sample.sam_image for sample in samples]),
+        clip_images=torch.stack([sample.clip_image for sample in samples]),
+        input_ids=input_ids,
+        labels=labels,
+        attention_mask=attention_mask,
+        conv_to_image=conv_to_image,
+        target_masks=[torch.from_numpy(conv.target_masks).float() for conv in conversations],
+        slot_exists=[torch.tensor(conv.slot_exists, dtype=torch.bool) for conv in conversations],
+        original_sizes=[sample.original_size for sample in samples],
+        resized_sizes=[sample.resized_size for sample in samples],
+        metadata=[conv.metadata for conv in conversations],
+    )

@@ -1,0 +1,45 @@
+"""Tokenise rendered conversations into input ids and labels.
+
+The text is split at the image placeholder; each piece is tokenised on its own (as LLaVA's
+checkpoints were trained) and the placeholder becomes ``IMAGE_TOKEN_INDEX``. Labels come from
+the tokenizer's character offsets: a token is supervised when it starts inside an answer span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from gsva.data.conversation import RenderedConversation
+from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+
+
+@dataclass(frozen=True)
+class TokenizedConversation:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def tokenize_conversation(
+    conversation: RenderedConversation, tokenizer: PreTrainedTokenizerBase
+) -> TokenizedConversation:
+    """Token ids with ``IMAGE_TOKEN_INDEX`` at the image placeholder; labels = ids inside answers."""
+    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    starts: list[int] = [-1] * len(ids)
+    offset = 0
+    for piece_index, piece in enumerate(conversation.text.split(IMAGE_PLACEHOLDER)):
+        if piece_index > 0:
+            ids.append(IMAGE_TOKEN_INDEX)
+            starts.append(-1)
+            offset += len(IMAGE_PLACEHOLDER)
+        if piece:
+            encoded = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids.extend(encoded["input_ids"])
+            starts.extend(offset + start for start, _ in encoded["offset_mapping"])
+        offset += len(piece)
+    labels = [
+        token if any(begin <= start < end for begin, end in conversation.answer_spans) else IGNORE_INDEX
+        for token, start in zip(ids, starts)
+    ]
+    return TokenizedConversation(input_ids=ids, labels=labels)
