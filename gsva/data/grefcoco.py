@@ -118,6 +118,9 @@ class GRefCocoIndex:
             for image in instances["images"]
         }
         self._annotations: dict[int, dict[str, Any]] = {int(ann["id"]): ann for ann in instances["annotations"]}
+        self._annotations_of_image: dict[int, list[int]] = defaultdict(list)
+        for ann_id, annotation in self._annotations.items():
+            self._annotations_of_image[int(annotation["image_id"])].append(ann_id)
         self._category_names = {int(cat["id"]): str(cat["name"]) for cat in instances["categories"]}
         self._expressions = self._index_expressions(refs)
 
@@ -186,6 +189,12 @@ class GRefCocoIndex:
                 )
             masks.append(decode_segmentation(annotation["segmentation"], record.height, record.width))
         return union_of_masks(masks, record.height, record.width)
+
+    def annotation_ids(self, image_id: int) -> list[int]:
+        """Ids of every annotated object of the image (crowd regions excluded), sorted."""
+        return sorted(
+            ann_id for ann_id in self._annotations_of_image.get(image_id, []) if not self._annotations[ann_id].get("iscrowd", 0)
+        )
 
     def category_names(self) -> dict[int, str]:
         return dict(self._category_names)

@@ -1,0 +1,228 @@
+"""Short pretraining of the tiny components, standing in for the pretrained checkpoints of the
+real recipe (SAM trained on SA-1B, LLaVA trained on image-text data).
+
+GSVA starts from a segmentation model that already segments and an MLLM that already sees. The
+tiny demo has no downloads, so it first makes both, from the synthetic set's per-object labels
+(not from its referring expressions):
+
+- SAM: image encoder + decoder trained to segment "all objects of colour c" from a learned
+  prompt embedding per colour; saved as a segment_anything ``.pth`` state dict.
+- LLaVA: a BPE tokenizer trained on the prompt vocabulary, then LLaMA + CLIP + projector trained
+  on "What colours are in this image?" and "Is there c in this image?"; saved in the original
+  LLaVA layout with its CLIP tower.
+
+GSVA training then loads both through the same loaders that read real checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gsva.config import Config
+from gsva.data.conversation import get_template
+from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
+from gsva.data.synthetic import attributes_path
+from gsva.data.tokenize import tokenize_conversation
+from gsva.data.tokenizer import train_tiny_bpe
+from gsva.data.transforms import clip_preprocess, read_rgb, sam_preprocess
+from gsva.model.losses import bce_per_mask, dice_per_mask
+from gsva.model.mask_decoding import decode_masks, postprocess_masks
+from gsva.model.mllm import build_tiny_llava, save_llava_checkpoint
+from gsva.model.sam import build_tiny_sam
+from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER
+
+LOGGER = logging.getLogger(__name__)
+COLOUR_QUESTION = "What colours are in this image?"
+PRESENCE_QUESTION = "Is there {colour} in this image?"
+
+
+@dataclass
+class ComponentPaths:
+    sam_checkpoint: Path
+    llava_dir: Path
+    clip_dir: Path
+
+    @classmethod
+    def under(cls, root: str | Path) -> "ComponentPaths":
+        root = Path(root)
+        return cls(root / "sam_tiny.pth", root / "llava_tiny", root / "clip_tiny")
+
+    def complete(self) -> bool:
+        return self.sam_checkpoint.is_file() and (self.llava_dir / "config.json").is_file()
+
+
+@dataclass
+class ColourData:
+    """The training split held in memory for component pretraining."""
+
+    colours: list[str]
+    sam_images: torch.Tensor  # (N, 3, S, S)
+    clip_images: torch.Tensor  # (N, 3, C, C)
+    colour_masks: torch.Tensor  # (N, K, H, W) uint8: union of the objects of each colour
+    present: torch.Tensor  # (N, K) bool
+    resized_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+
+def load_colour_data(cfg: Config) -> ColourData:
+    """Read the synthetic train split and its per-object colour labels."""
+    root = Path(cfg.data.dataset_dir)
+    attributes = json.loads(attributes_path(root).read_text())
+    colours = list(attributes["spec"]["colours"])
+    index = GRefCocoIndex(root, cfg.data.dataset, cfg.data.split_by)
+    sam_images, clip_images, masks, present = [], [], [], []
+    resized_size = original_size = (0, 0)
+    for image_id in tqdm(index.image_ids(cfg.data.train_split), desc="load images", leave=False):
+        image = read_rgb(str(index.image_path(image_id)))
+        sam_image, resized_size = sam_preprocess(image, cfg.data.sam_image_size)
+        sam_images.append(sam_image)
+        clip_images.append(clip_preprocess(image, cfg.data.clip_image_size))
+        original_size = image.shape[:2]
+        objects = attributes["images"][str(image_id)]
+        per_colour = []
+        for colour in colours:
+            ann_ids = [obj["ann_id"] for obj in objects if obj["colour"] == colour]
+            per_colour.append(index.target_mask(image_id, ann_ids))
+        masks.append(np.stack(per_colour))
+        present.append([any(obj["colour"] == colour for obj in objects) for colour in colours])
+    return ColourData(
+        colours=colours,
+        sam_images=torch.stack(sam_images),
+        clip_images=torch.stack(clip_images),
+        colour_masks=torch.from_numpy(np.stack(masks).astype(np.uint8)),
+        present=torch.tensor(present),
+        resized_size=resized_size,
+        original_size=tuple(original_size),
+    )
+
+
+def pretrain_sam(cfg: Config, data: ColourData, generator: torch.Generator) -> tuple[torch.nn.Module, float]:
+    """Train a tiny SAM to segment every object of a prompted colour; returns (sam, final IoU)."""
+    sam = build_tiny_sam(cfg.model.tiny, cfg.data.sam_image_size)
+    prompts = torch.nn.Embedding(len(data.colours), cfg.model.tiny.prompt_embed_dim)
+    optimizer = torch.optim.AdamW(list(sam.parameters()) + list(prompts.parameters()), lr=cfg.components.sam_lr)
+    steps = cfg.components.sam_steps
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.components.sam_lr, total_steps=steps, pct_start=0.1)
+    iou = 0.0
+    progress = tqdm(range(steps), desc="pretrain SAM")
+    for _ in progress:
+        images = torch.randint(0, data.sam_images.shape[0], (cfg.components.batch_size,), generator=generator)
+        pairs = data.present[images].nonzero()
+        query_to_image, colour = pairs[:, 0], pairs[:, 1]
+        embeddings = sam.image_encoder(data.sam_images[images])
+        low_res = decode_masks(sam.mask_decoder, sam.prompt_encoder, embeddings, prompts(colour), query_to_image)
+        logits = postprocess_masks(low_res, cfg.data.sam_image_size, data.resized_size, data.original_size)
+        targets = data.colour_masks[images[query_to_image], colour].float()
+        loss = bce_per_mask(logits, targets).mean() + dice_per_mask(logits, targets).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        predicted = logits.detach() > 0
+        inter = (predicted & (targets > 0)).sum().item()
+        union = (predicted | (targets > 0)).sum().item()
+        iou = 0.9 * iou + 0.1 * inter / max(union, 1)
+        progress.set_postfix(loss=f"{loss.item():.3f}", iou=f"{iou:.3f}")
+    return sam, iou
+
+
+def tokenizer_corpus(colours: list[str], conversation: str) -> list[str]:
+    """Texts the tiny BPE is trained on: every prompt form the demo can produce."""
+    template = get_template(conversation)
+    rng = random.Random(0)
+    texts = [template.render([(COLOUR_QUESTION, "red, blue.")]).text]
+    phrasings = ["{c}", "{c} shapes", "{c} objects", "anything {c}", "{c} and {d}", "{c} and {d} shapes"]
+    for _ in range(400):
+        names = [rng.choice(phrasings).format(c=rng.choice(colours), d=rng.choice(colours)) for _ in range(3)]
+        exists = [rng.random() < 0.7 for _ in names]
+        question = rng.choice(TRAIN_QUESTIONS + tuple(EVAL_QUESTIONS.values()))
+        answer = rng.choice(ANSWERS).format(slots=format_slots(names, exists))
+        texts.append(template.render([(question_text(names, question), answer)]).text)
+        texts.append(PRESENCE_QUESTION.format(colour=rng.choice(colours)) + " Yes. No. " + ", ".join(colours) + ".")
+    return texts
+
+
+def _llava_conversation(data: ColourData, image: int, rng: random.Random) -> tuple[str, str]:
+    present = [colour for colour, flag in zip(data.colours, data.present[image].tolist()) if flag]
+    if rng.random() < 0.5:
+        return COLOUR_QUESTION, ", ".join(present) + "."
+    colour = rng.choice(data.colours)
+    return PRESENCE_QUESTION.format(colour=colour), "Yes." if colour in present else "No."
+
+
+def pretrain_llava(cfg: Config, data: ColourData, tokenizer, generator: torch.Generator) -> tuple[torch.nn.Module, float]:
+    """Train a tiny LLaVA to name the colours of an image; returns (llava, answer token accuracy)."""
+    llava = build_tiny_llava(cfg.model.tiny, len(tokenizer), cfg.data.clip_image_size, use_im_start_end=False)
+    optimizer = torch.optim.AdamW(llava.parameters(), lr=cfg.components.llava_lr)
+    steps = cfg.components.llava_steps
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.components.llava_lr, total_steps=steps, pct_start=0.1)
+    template = get_template(cfg.data.conversation)
+    rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    accuracy = 0.0
+    progress = tqdm(range(steps), desc="pretrain LLaVA")
+    for _ in progress:
+        images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator)
+        encoded = []
+        for image in images.tolist():
+            question, answer = _llava_conversation(data, image, rng)
+            rendered = template.render([(IMAGE_PLACEHOLDER + "\n" + question, answer)])
+            encoded.append(tokenize_conversation(rendered, tokenizer))
+        length = max(len(item.input_ids) for item in encoded)
+        input_ids = torch.full((len(encoded), length), tokenizer.pad_token_id)
+        labels = torch.full((len(encoded), length), IGNORE_INDEX)
+        mask = torch.zeros((len(encoded), length), dtype=torch.bool)
+        for row, item in enumerate(encoded):
+            input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+            labels[row, : len(item.labels)] = torch.tensor(item.labels)
+            mask[row, : len(item.input_ids)] = True
+        features = llava.encode_images(data.clip_images[images])
+        spliced = llava.splice(input_ids, mask, features, torch.arange(len(encoded)), labels)
+        hidden = llava.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
+        targets = spliced.labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        logits = llava.lm_logits(hidden[:, :-1][supervised])
+        loss = F.cross_entropy(logits, targets[supervised])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        correct = (logits.argmax(-1) == targets[supervised]).float().mean().item()
+        accuracy = 0.9 * accuracy + 0.1 * correct
+        progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}")
+    return llava, accuracy
+
+
+def prepare_components(cfg: Config) -> ComponentPaths:
+    """Pretrain and save the tiny SAM and LLaVA under ``cfg.components.output_dir`` if absent."""
+    paths = ComponentPaths.under(cfg.components.output_dir)
+    if paths.complete():
+        return paths
+    start = time.time()
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    data = load_colour_data(cfg)
+    sam, sam_iou = pretrain_sam(cfg, data, generator)
+    paths.sam_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tiny_bpe(tokenizer_corpus(data.colours, cfg.data.conversation), cfg.model.tiny.vocab_size, paths.llava_dir)
+    llava, accuracy = pretrain_llava(cfg, data, tokenizer, generator)
+    save_llava_checkpoint(llava, paths.llava_dir, paths.clip_dir)
+    partial = paths.sam_checkpoint.with_suffix(".pth.partial")
+    torch.save(sam.state_dict(), partial)
+    partial.rename(paths.sam_checkpoint)
+    LOGGER.info(
+        "tiny components ready in %.0fs: SAM colour-prompt IoU %.3f, LLaVA answer accuracy %.3f",
+        time.time() - start,
+        sam_iou,
+        accuracy,
+    )
+    return paths

@@ -1,0 +1,154 @@
+"""GRES evaluation loop: every expression scored exactly once across ranks, records gathered,
+metrics computed once, trivial baselines scored on the same expressions.
+
+Each rank takes the images ``rank, rank + world, …`` (no sampler padding, so nothing is scored
+twice), runs the chosen protocol and turns each answer slot into a record. Records carry the
+intersection/union counts, so any metric can be recomputed offline from ``records.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from gsva.data.gres_dataset import GresDataset
+from gsva.data.samples import collate_samples
+from gsva.data.transforms import read_rgb
+from gsva.engine.distributed import gather_objects, is_main, rank, world_size
+from gsva.engine.visualize import render_overlay, save_overlay
+from gsva.metrics import VARIANTS, ExpressionScore, gres_metrics, score_expression
+from gsva.model.gsva import GsvaModel
+
+PROTOCOLS = ("teacher-forced", "generate")
+BASELINES = ("always_rej", "always_seg_union")
+
+
+@dataclass
+class EvalSettings:
+    protocol: str = "teacher-forced"
+    batch_size: int = 4
+    max_new_tokens: int = 128
+    num_workers: int = 0
+    visualize: int = 0
+    output_dir: str | None = None
+
+
+def _score_conversation(
+    dataset: GresDataset, batch, conv: int, rejected: list[bool], masks: torch.Tensor, extra: dict[str, Any]
+) -> list[dict[str, Any]]:
+    meta = batch.metadata[conv]
+    targets = batch.target_masks[conv] > 0
+    union_of_objects = dataset.index.target_mask(meta["image_id"], dataset.index.annotation_ids(meta["image_id"]))
+    empty = np.zeros(union_of_objects.shape, dtype=bool)
+    records = []
+    for slot, kind in enumerate(meta["kinds"]):
+        gt = targets[slot].cpu().numpy()
+        score = score_expression(masks[slot].cpu().numpy(), gt, rejected[slot], kind)
+        record = {
+            "image_id": meta["image_id"],
+            "sent_id": meta["sent_ids"][slot],
+            "expression": meta["expressions"][slot],
+            **dataclasses.asdict(score),
+            "always_rej": dataclasses.asdict(score_expression(empty, gt, True, kind)),
+            "always_seg_union": dataclasses.asdict(score_expression(union_of_objects, gt, False, kind)),
+            **extra,
+        }
+        records.append(record)
+    return records
+
+
+def _write_overlays(batch, conv: int, rejected: list[bool], masks: torch.Tensor, output_dir: Path) -> None:
+    meta = batch.metadata[conv]
+    panel = render_overlay(
+        read_rgb(meta["image_path"]),
+        meta["expressions"],
+        [m.cpu().numpy() for m in masks],
+        rejected,
+        [m.cpu().numpy() > 0 for m in batch.target_masks[conv]],
+        batch.slot_exists[conv].tolist(),
+    )
+    save_overlay(output_dir / f"overlay_{meta['image_id']}.png", panel)
+
+
+@torch.no_grad()
+def run_evaluation(
+    model: GsvaModel,
+    dataset: GresDataset,
+    settings: EvalSettings,
+    device: torch.device,
+    dtype: torch.dtype,
+    tokenizer=None,
+) -> list[dict[str, Any]]:
+    """Score every expression of ``dataset`` once; returns ALL ranks' records on every rank."""
+    if settings.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {settings.protocol!r}; expected one of {PROTOCOLS}")
+    was_training = model.training
+    model.eval()
+    shard = Subset(dataset, list(range(rank(), len(dataset), world_size())))
+    loader = DataLoader(
+        shard,
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers,
+        collate_fn=lambda samples: collate_samples(samples, dataset.tokenizer.pad_token_id),
+    )
+    overlay_dir = Path(settings.output_dir) / "overlays" if settings.output_dir else None
+    overlays_left = settings.visualize if is_main() else 0
+    records: list[dict[str, Any]] = []
+    for batch in tqdm(loader, desc=f"evaluate ({settings.protocol})", disable=not is_main()):
+        batch = batch.to(device, dtype)
+        if settings.protocol == "teacher-forced":
+            predictions = model.predict_teacher_forced(batch)
+        else:
+            predictions = model.generate(batch, settings.max_new_tokens, tokenizer)
+        for conv, prediction in enumerate(predictions):
+            extra = {"generated_text": prediction.text, "parse_failures": prediction.parse_failures}
+            records.extend(_score_conversation(dataset, batch, conv, prediction.rejected, prediction.masks, extra))
+            if overlay_dir is not None and overlays_left > 0:
+                _write_overlays(batch, conv, prediction.rejected, prediction.masks, overlay_dir)
+                overlays_left -= 1
+    model.train(was_training)
+    records = gather_objects(records)
+    return sorted(records, key=lambda record: (record["image_id"], record["sent_id"]))
+
+
+def _scores(records: list[dict[str, Any]], key: str | None = None) -> list[ExpressionScore]:
+    fields = [f.name for f in dataclasses.fields(ExpressionScore)]
+    return [ExpressionScore(**{name: (record[key] if key else record)[name] for name in fields}) for record in records]
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of both variants, the trivial baselines, and protocol counters."""
+    scores = _scores(records)
+    return {
+        "num_expressions": len(records),
+        "parse_failures": int(sum(record.get("parse_failures", 0) for record in records)),
+        "metrics": {variant: gres_metrics(scores, variant) for variant in VARIANTS},
+        "baselines": {name: gres_metrics(_scores(records, name)) for name in BASELINES},
+    }
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON to a temporary file and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2))
+    os.replace(partial, path)
+
+
+def write_records(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """One JSON object per expression, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(record) + "\n" for record in records))
+    os.replace(partial, path)

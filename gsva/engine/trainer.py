@@ -1,0 +1,256 @@
+"""The training recipe: DeepSpeed (ZeRO-2 by default) on CUDA/NCCL or CPU/gloo, one code path.
+
+Reads top to bottom: prepare data (and, for the tiny demo, pretrain the tiny components), build
+tokenizer + model, wrap in DeepSpeed with AdamW + warm-up/linear-decay, loop over micro-batches,
+log to TensorBoard, save DeepSpeed checkpoints and a consolidated ``model.safetensors`` of the
+trainable weights, then evaluate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from gsva.config import Config, config_to_dict
+from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.gres_dataset import GresDataset, PromptSettings
+from gsva.data.samples import collate_samples
+from gsva.data.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
+from gsva.engine.components import ComponentPaths, prepare_components
+from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
+from gsva.model.build import DTYPES, build_gsva
+from gsva.model.gsva import GsvaModel
+
+LOGGER = logging.getLogger(__name__)
+SAM_SIDE = ("visual_model.", "query_projector.")
+
+
+@dataclass
+class TrainResult:
+    cfg: Config
+    """The configuration as run (component paths filled in)."""
+    model: GsvaModel
+    tokenizer: PreTrainedTokenizerBase
+    prompts: PromptSettings
+    index: GRefCocoIndex
+    device: torch.device
+    steps: int
+    history: list[dict[str, float]]
+    weights: Path
+    writer: SummaryWriter | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_inputs(cfg: Config) -> Config:
+    """Write the synthetic set and pretrain the tiny components when the config asks for them
+    (rank 0 works, the others wait); returns the config pointing at the component files."""
+    if is_main():
+        if cfg.data.synthetic is not None:
+            spec = SyntheticSpec(**config_to_dict(cfg)["data"]["synthetic"])
+            if not synthetic_dataset_exists(cfg.data.dataset_dir, spec):
+                LOGGER.info("writing the synthetic dataset to %s", cfg.data.dataset_dir)
+                write_synthetic_grefcoco(cfg.data.dataset_dir, spec)
+        if cfg.components.enabled:
+            prepare_components(cfg)
+    barrier()
+    if not cfg.components.enabled:
+        return cfg
+    paths = ComponentPaths.under(cfg.components.output_dir)
+    model = replace(cfg.model, llava_path=str(paths.llava_dir), sam_checkpoint=str(paths.sam_checkpoint), sam_type="tiny")
+    return replace(cfg, model=model)
+
+
+def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
+    optim = cfg.optim
+    return {
+        "train_micro_batch_size_per_gpu": optim.micro_batch_size,
+        "gradient_accumulation_steps": optim.grad_accum_steps,
+        "gradient_clipping": optim.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": optim.lr,
+                "betas": list(optim.betas),
+                "weight_decay": optim.weight_decay,
+                "torch_adam": device.type == "cpu",
+            },
+        },
+        "zero_optimization": {"stage": optim.zero_stage, "contiguous_gradients": True, "overlap_comm": device.type == "cuda"},
+        "bf16": {"enabled": cfg.model.precision == "bf16"},
+        "fp16": {"enabled": cfg.model.precision == "fp16"},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+def parameter_groups(model: GsvaModel, cfg: Config) -> list[dict[str, Any]]:
+    """Trainable parameters: the LLM side at ``lr``, the SAM side at ``lr * sam_side_lr_scale``."""
+    llm, sam_side = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (sam_side if name.startswith(SAM_SIDE) else llm).append(parameter)
+    groups = [{"params": llm, "lr": cfg.optim.lr}, {"params": sam_side, "lr": cfg.optim.lr * cfg.optim.sam_side_lr_scale}]
+    return [group for group in groups if group["params"]]
+
+
+def warmup_linear_decay(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear warm-up from 0 over ``warmup_steps``, then linear decay to 0."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(warmup_steps, 1)
+        return max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
+
+    return multiplier
+
+
+def batches(dataset: GresDataset, cfg: Config, start_epoch: int, skip: int) -> Iterator[tuple[int, Any]]:
+    """Endless (epoch, batch) stream: a seeded permutation per epoch, sharded by rank, with the
+    first ``skip`` batches of ``start_epoch`` skipped (resume) without loading them."""
+    epoch = start_epoch
+    per_rank = len(dataset) // world_size()
+    while True:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
+        mine = order[rank() :: world_size()][:per_rank].tolist()
+        size = cfg.optim.micro_batch_size
+        chunks = [mine[i : i + size] for i in range(0, per_rank - size + 1, size)]
+        dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=chunks[skip:],
+            num_workers=cfg.data.num_workers,
+            collate_fn=lambda samples: collate_samples(samples, dataset.tokenizer.pad_token_id),
+        )
+        for batch in loader:
+            yield epoch, batch
+        epoch, skip = epoch + 1, 0
+
+
+def batches_per_epoch(dataset: GresDataset, cfg: Config) -> int:
+    return (len(dataset) // world_size()) // cfg.optim.micro_batch_size
+
+
+def total_optimizer_steps(dataset: GresDataset, cfg: Config) -> int:
+    if cfg.schedule.mode == "steps":
+        return cfg.schedule.steps
+    return math.ceil(cfg.schedule.epochs * batches_per_epoch(dataset, cfg) / cfg.optim.grad_accum_steps)
+
+
+def save_trainable_weights(model: GsvaModel, cfg: Config, directory: Path) -> Path:
+    """Rank 0 writes ``model.safetensors`` (trainable weights) + ``config.yaml`` atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    partial = directory / "model.safetensors.partial"
+    save_file(state, str(partial), metadata={"format": "pt"})
+    partial.rename(directory / "model.safetensors")
+    (directory / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return directory / "model.safetensors"
+
+
+def train(cfg: Config, resume: str | None = None) -> TrainResult:
+    """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
+    import deepspeed
+
+    device = init_distributed()
+    seed_everything(cfg.run.seed + rank())
+    output_dir = Path(cfg.run.output_dir)
+    cfg = prepare_inputs(cfg)
+    tokenizer, model, prompts = build_gsva(cfg)
+    index = GRefCocoIndex(cfg.data.dataset_dir, cfg.data.dataset, cfg.data.split_by)
+    dataset = GresDataset(
+        index, cfg.data.train_split, tokenizer, prompts, cfg.data.sam_image_size, cfg.data.clip_image_size,
+        train=True, num_classes_per_sample=cfg.data.num_classes_per_sample, seed=cfg.run.seed,
+    )
+    total_steps = total_optimizer_steps(dataset, cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=parameter_groups(model, cfg),
+        config=deepspeed_config(cfg, device),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_linear_decay(cfg.optim.warmup_steps, total_steps)
+        ),
+    )
+    checkpoint_dir = output_dir / "checkpoints"
+    micro_step, start_epoch, skip = 0, 0, 0
+    if resume is not None:
+        load_from = checkpoint_dir if resume == "auto" else Path(resume)
+        path, client_state = engine.load_checkpoint(str(load_from))
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_from}")
+        micro_step, start_epoch, skip = client_state["micro_step"], client_state["epoch"], client_state["batch_in_epoch"]
+        LOGGER.info("resumed from %s at optimizer step %d", path, engine.global_steps)
+
+    dtype = DTYPES[cfg.model.precision]
+    writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
+    per_epoch = batches_per_epoch(dataset, cfg)
+    total_micro = total_steps * cfg.optim.grad_accum_steps
+    stream = batches(dataset, cfg, start_epoch, skip)
+    progress = tqdm(total=total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
+    window: dict[str, list[float]] = {"total": [], "ce": [], "bce": [], "dice": []}
+    history: list[dict[str, float]] = []
+    tick = time.time()
+    while micro_step < total_micro:
+        epoch, batch = next(stream)
+        losses = engine(batch.to(device, dtype))
+        engine.backward(losses.total)
+        engine.step()
+        micro_step += 1
+        for key in window:
+            window[key].append(float(getattr(losses, key).detach()))
+        if micro_step % cfg.optim.grad_accum_steps:
+            continue
+        step = engine.global_steps
+        progress.update(1)
+        if step % cfg.run.log_every == 0 or step == total_steps:
+            means = {key: sum(values) / len(values) for key, values in window.items()}
+            seconds = time.time() - tick
+            record = {"step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / cfg.run.log_every}
+            history.append(record)
+            progress.set_postfix(loss=f"{means['total']:.3f}", ce=f"{means['ce']:.3f}", dice=f"{means['dice']:.3f}")
+            if writer is not None:
+                for key, value in means.items():
+                    writer.add_scalar(f"train/{key}_loss", value, step)
+                writer.add_scalar("train/lr", record["lr"], step)
+                grad_norm = engine.get_global_grad_norm()
+                if grad_norm is not None:
+                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                writer.add_scalar("train/samples_per_second", cfg.run.log_every * cfg.optim.grad_accum_steps * cfg.optim.micro_batch_size * world_size() / seconds, step)
+            window = {key: [] for key in window}
+            tick = time.time()
+        if step % cfg.schedule.save_every == 0 or step == total_steps:
+            client_state = {
+                "micro_step": micro_step,
+                "epoch": micro_step // per_epoch,
+                "batch_in_epoch": micro_step % per_epoch,
+            }
+            engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client_state)
+    progress.close()
+    final_dir = output_dir / "final"
+    if is_main():
+        save_trainable_weights(engine.module, cfg, final_dir)
+        if writer is not None:
+            writer.flush()
+    barrier()
+    return TrainResult(
+        cfg=cfg, model=engine.module, tokenizer=tokenizer, prompts=prompts, index=index, device=device,
+        steps=engine.global_steps, history=history, weights=final_dir / "model.safetensors", writer=writer,
+    )

@@ -1,0 +1,60 @@
+"""Mask overlays as PNG files a person can open: prediction beside ground truth, one colour per
+expression, and a legend with each expression's ``[SEG]``/``[REJ]`` decision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+]
+MIN_SIDE = 256
+LINE_HEIGHT = 18
+
+
+def _paint(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    canvas = image.astype(np.float32)
+    for index, mask in enumerate(masks):
+        colour = np.array(PALETTE[index % len(PALETTE)], dtype=np.float32)
+        canvas[mask] = 0.45 * canvas[mask] + 0.55 * colour
+    return canvas.astype(np.uint8)
+
+
+def render_overlay(
+    image: np.ndarray,
+    expressions: list[str],
+    predicted_masks: list[np.ndarray],
+    predicted_rejected: list[bool],
+    target_masks: list[np.ndarray],
+    target_exists: list[bool],
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB + per-expression (H, W) bool masks -> an RGB panel.
+
+    Left: predictions (rejected expressions unpainted); right: ground truth; below: legend
+    ``expression: predicted (ground truth)`` in the expression's colour.
+    """
+    shown_pred = [m if not r else np.zeros_like(m) for m, r in zip(predicted_masks, predicted_rejected)]
+    panel = np.concatenate([_paint(image, shown_pred), np.full((image.shape[0], 4, 3), 255, np.uint8), _paint(image, target_masks)], 1)
+    scale = max(1, MIN_SIDE // min(image.shape[:2]))
+    panel = cv2.resize(panel, (panel.shape[1] * scale, panel.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    legend = np.full((LINE_HEIGHT * (len(expressions) + 1) + 6, panel.shape[1], 3), 255, np.uint8)
+    cv2.putText(legend, "prediction | ground truth", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for index, (text, rejected, exists) in enumerate(zip(expressions, predicted_rejected, target_exists)):
+        decision = "[REJ]" if rejected else "[SEG]"
+        truth = "[SEG]" if exists else "[REJ]"
+        mark = "ok" if rejected != exists else "WRONG"
+        line = f"{text}: {decision} (gt {truth}) {mark}"
+        colour = PALETTE[index % len(PALETTE)]
+        cv2.putText(legend, line, (4, 14 + LINE_HEIGHT * (index + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    return np.concatenate([panel, legend], 0)
+
+
+def save_overlay(path: str | Path, panel: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write overlay {path}")

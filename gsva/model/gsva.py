@@ -1,0 +1,274 @@
+"""GSVA: LLaVA + query projector + SAM mask decoder, with ``[SEG]``/``[REJ]`` answer slots.
+
+The mask query of a slot is the decoder's last hidden state at the position just BEFORE the slot
+token (the state whose next-token prediction is the slot), after the image placeholder has been
+expanded to its patch features. Three uses share one mask path:
+
+- ``forward``: training losses (CE on the answer, BCE + DICE on the masks of ``[SEG]`` slots);
+- ``predict_teacher_forced``: the paper's GRES protocol (decisions read off the ground-truth
+  answer, masks from a second pass where every ``[REJ]`` is replaced by ``[SEG]``);
+- ``generate``: free greedy decoding with KV cache, one mask per generated ``[SEG]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import nn
+
+from gsva.batch import GsvaBatch
+from gsva.config import ModelConfig
+from gsva.model.losses import bce_per_mask, dice_per_mask, rejected_row_losses
+from gsva.model.mask_decoding import decode_masks, postprocess_masks
+from gsva.model.mllm import LlavaModel
+from gsva.model.query_projector import QueryProjector
+from gsva.special_tokens import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class SlotTokenIds:
+    seg_ids: tuple[int, ...]
+    """One shared ``[SEG]`` id, or the individual ``[SEGnnn]`` ids (slot i uses i mod N)."""
+    rej_id: int | None
+    eos_id: int
+    pad_id: int
+
+
+@dataclass
+class GsvaLosses:
+    total: torch.Tensor
+    ce: torch.Tensor
+    bce: torch.Tensor
+    dice: torch.Tensor
+
+
+@dataclass
+class SlotPredictions:
+    """Prediction for the answer slots of one conversation."""
+
+    rejected: list[bool]
+    masks: torch.Tensor
+    """(T, H, W) bool at the original image size (a mask for every slot, rejected or not)."""
+    text: str = ""
+    parse_failures: int = 0
+
+
+class GsvaModel(nn.Module):
+    def __init__(
+        self,
+        mllm: LlavaModel,
+        sam: Sam,
+        token_ids: SlotTokenIds,
+        cfg: ModelConfig,
+        sam_image_size: int,
+    ) -> None:
+        super().__init__()
+        self.mllm = mllm
+        self.visual_model = sam
+        self.query_projector = QueryProjector(mllm.hidden_size, sam.prompt_encoder.embed_dim)
+        self.token_ids = token_ids
+        self.cfg = cfg
+        self.sam_image_size = sam_image_size
+        self.register_buffer("seg_id_tensor", torch.tensor(token_ids.seg_ids), persistent=False)
+
+    # ----------------------------------------------------------------- shared pieces
+    def encode_sam_images(self, sam_images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, C, S/16, S/16) embeddings of the frozen SAM image encoder."""
+        with torch.no_grad():
+            return self.visual_model.image_encoder(sam_images)
+
+    def _hidden_states(self, batch: GsvaBatch, input_ids: torch.Tensor, conv_to_image: torch.Tensor, labels=None):
+        image_features = self.mllm.encode_images(batch.clip_images)
+        attention_mask = batch.attention_mask.repeat(input_ids.shape[0] // batch.attention_mask.shape[0], 1)
+        spliced = self.mllm.splice(input_ids, attention_mask, image_features, conv_to_image, labels)
+        hidden = self.mllm.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
+        return spliced, hidden
+
+    def _is_seg(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return torch.isin(token_ids, self.seg_id_tensor)
+
+    def _is_slot(self, token_ids: torch.Tensor) -> torch.Tensor:
+        slot = self._is_seg(token_ids)
+        if self.token_ids.rej_id is not None:
+            slot = slot | (token_ids == self.token_ids.rej_id)
+        return slot
+
+    def _masks_from_states(
+        self, states: torch.Tensor, query_to_image: torch.Tensor, image_embeddings: torch.Tensor, batch: GsvaBatch
+    ) -> list[torch.Tensor]:
+        """states: (Q, D) ordered by image -> per image with queries, (Q_b, H_b, W_b) mask logits."""
+        queries = self.query_projector(states)
+        low_res = decode_masks(
+            self.visual_model.mask_decoder, self.visual_model.prompt_encoder, image_embeddings, queries, query_to_image
+        )
+        counts = torch.bincount(query_to_image, minlength=batch.num_images).tolist()
+        return [
+            postprocess_masks(group, self.sam_image_size, batch.resized_sizes[image], batch.original_sizes[image])
+            for image, group in enumerate(torch.split(low_res, counts))
+            if counts[image] > 0
+        ]
+
+    # ----------------------------------------------------------------- training
+    def forward(self, batch: GsvaBatch) -> GsvaLosses:
+        """Losses of one batch: ``ce_w·CE + bce_w·BCE + dice_w·DICE``."""
+        image_embeddings = self.encode_sam_images(batch.sam_images)
+        spliced, hidden = self._hidden_states(batch, batch.input_ids, batch.conv_to_image, batch.labels)
+        targets = spliced.labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        logits = self.mllm.lm_logits(hidden[:, :-1][supervised])
+        ce = F.cross_entropy(logits.float(), targets[supervised])
+
+        before_seg = self._is_seg(spliced.token_ids[:, 1:])
+        states = hidden[:, :-1][before_seg]
+        query_conv = before_seg.nonzero()[:, 0]
+        mask_logits = self._masks_from_states(states, batch.conv_to_image[query_conv], image_embeddings, batch)
+        bce, dice = self._mask_losses(mask_logits, batch)
+        total = self.cfg.ce_loss_weight * ce + self.cfg.bce_loss_weight * bce + self.cfg.dice_loss_weight * dice
+        return GsvaLosses(total=total, ce=ce.detach(), bce=bce.detach(), dice=dice.detach())
+
+    def _mask_losses(self, mask_logits: list[torch.Tensor], batch: GsvaBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """mask_logits: per image with [SEG] targets, (Q_b, H_b, W_b) logits in slot order.
+
+        ``authors``: [REJ] rows count as all-zero logits against empty masks (constant terms) and
+        the sums are divided by all slots. ``seg_only``: divided by the [SEG] targets only.
+        """
+        wanted_per_image: dict[int, list[torch.Tensor]] = {}
+        for conv, (masks, exists) in enumerate(zip(batch.target_masks, batch.slot_exists)):
+            wanted_per_image.setdefault(int(batch.conv_to_image[conv]), []).append(masks[exists])
+        wanted = [torch.cat(group) for group in wanted_per_image.values() if sum(m.shape[0] for m in group) > 0]
+        if [w.shape[0] for w in wanted] != [p.shape[0] for p in mask_logits]:
+            raise ValueError(
+                f"[SEG] tokens per image {[p.shape[0] for p in mask_logits]} do not match the existing "
+                f"targets per image {[w.shape[0] for w in wanted]}"
+            )
+        bce_sum = sum((bce_per_mask(p.float(), w.to(p.device)).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
+        dice_sum = sum((dice_per_mask(p.float(), w.to(p.device)).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
+        num_seg = sum(p.shape[0] for p in mask_logits)
+        if self.cfg.mask_loss_normalization == "seg_only":
+            return bce_sum / max(num_seg, 1), dice_sum / max(num_seg, 1)
+        num_slots = sum(int(exists.numel()) for exists in batch.slot_exists)
+        for masks, exists in zip(batch.target_masks, batch.slot_exists):
+            rejected = int((~exists).sum())
+            if rejected:
+                bce_row, dice_row = rejected_row_losses(masks.shape[-2], masks.shape[-1])
+                bce_sum = bce_sum + rejected * bce_row
+                dice_sum = dice_sum + rejected * dice_row
+        return bce_sum / max(num_slots, 1), dice_sum / max(num_slots, 1)
+
+    # ----------------------------------------------------------------- inference
+    def _all_seg_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Replace every [REJ] slot by the [SEG] token of its slot position."""
+        if self.token_ids.rej_id is None:
+            return input_ids
+        slot = self._is_slot(input_ids)
+        slot_rank = (slot.long().cumsum(1) - 1).clamp(min=0) % len(self.token_ids.seg_ids)
+        seg_for_slot = self.seg_id_tensor[slot_rank]
+        return torch.where(input_ids == self.token_ids.rej_id, seg_for_slot, input_ids)
+
+    @torch.no_grad()
+    def predict_teacher_forced(self, batch: GsvaBatch) -> list[SlotPredictions]:
+        """The paper's protocol, both passes stacked into one forward of 2N conversations."""
+        rows = batch.input_ids.shape[0]
+        image_embeddings = self.encode_sam_images(batch.sam_images)
+        stacked = torch.cat([batch.input_ids, self._all_seg_inputs(batch.input_ids)])
+        spliced, hidden = self._hidden_states(batch, stacked, batch.conv_to_image.repeat(2))
+        before_slot = self._is_slot(spliced.token_ids[:, 1:])
+        first, second = before_slot[:rows], before_slot[rows:]
+        truth = spliced.token_ids[:rows, 1:][first]
+        argmax = self.mllm.lm_logits(hidden[:rows, :-1][first]).argmax(-1)
+        truth_is_rej = truth == self.token_ids.rej_id
+        rejected = torch.where(argmax == truth, truth_is_rej, ~truth_is_rej)
+        query_conv = second.nonzero()[:, 0]
+        mask_groups = self._masks_from_states(
+            hidden[rows:, :-1][second], batch.conv_to_image[query_conv], image_embeddings, batch
+        )
+        return self._split_by_conversation(query_conv, rejected.tolist(), mask_groups, batch)
+
+    def _split_by_conversation(
+        self, query_conv: torch.Tensor, rejected: list[bool], mask_groups: list[torch.Tensor], batch: GsvaBatch
+    ) -> list[SlotPredictions]:
+        per_query = [mask > 0 for group in mask_groups for mask in group]
+        counts = torch.bincount(query_conv, minlength=batch.input_ids.shape[0]).tolist()
+        predictions, start = [], 0
+        for conv, count in enumerate(counts):
+            height, width = batch.original_sizes[int(batch.conv_to_image[conv])]
+            masks = torch.stack(per_query[start : start + count]) if count else torch.zeros((0, height, width), dtype=torch.bool)
+            predictions.append(SlotPredictions(rejected=rejected[start : start + count], masks=masks.cpu()))
+            start += count
+        return predictions
+
+    @torch.no_grad()
+    def generate(self, batch: GsvaBatch, max_new_tokens: int, tokenizer=None) -> list[SlotPredictions]:
+        """Free greedy generation from the prompt (the answer in ``batch`` is cut off).
+
+        Prompts are left-padded; the KV cache of the decoder's own ``generate`` is used. Each
+        generated slot token gets a mask from the hidden state that produced it; slots are
+        matched to expressions in order, and missing slots count as rejected parse failures.
+        """
+        image_embeddings = self.encode_sam_images(batch.sam_images)
+        answer_start = (batch.labels != IGNORE_INDEX).long().argmax(1)
+        prompt_mask = batch.attention_mask & (torch.arange(batch.input_ids.shape[1], device=answer_start.device) < answer_start.unsqueeze(1))
+        image_features = self.mllm.encode_images(batch.clip_images)
+        spliced = self.mllm.splice(batch.input_ids, prompt_mask, image_features, batch.conv_to_image)
+        embeds, mask = _left_align(spliced.inputs_embeds, spliced.attention_mask)
+        output = self.mllm.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask.long(),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+            eos_token_id=self.token_ids.eos_id,
+            pad_token_id=self.token_ids.pad_id,
+        )
+        sequences = output.sequences[:, -len(output.hidden_states):]
+        producing = torch.stack([step[-1][:, -1] for step in output.hidden_states], dim=1)
+        finished = (sequences == self.token_ids.eos_id).long().cumsum(1) > 0
+        generated_slot = self._is_slot(sequences) & ~finished
+        generated_seg = self._is_seg(sequences) & ~finished
+        query_conv = generated_seg.nonzero()[:, 0]
+        mask_groups = self._masks_from_states(
+            producing[generated_seg], batch.conv_to_image[query_conv], image_embeddings, batch
+        )
+        per_query = iter([mask > 0 for group in mask_groups for mask in group])
+        predictions = []
+        for conv in range(sequences.shape[0]):
+            expected = int(batch.slot_exists[conv].numel())
+            height, width = batch.original_sizes[int(batch.conv_to_image[conv])]
+            empty = torch.zeros((height, width), dtype=torch.bool, device=producing.device)
+            slots = sequences[conv][generated_slot[conv]].tolist()
+            rejected, masks = [], []
+            for token in slots:
+                is_seg = token in self.token_ids.seg_ids
+                mask = next(per_query) if is_seg else empty
+                if len(rejected) < expected:
+                    rejected.append(not is_seg)
+                    masks.append(mask)
+            failures = abs(expected - len(slots))
+            while len(rejected) < expected:
+                rejected.append(True)
+                masks.append(empty)
+            text = tokenizer.decode(sequences[conv][~finished[conv]]) if tokenizer is not None else ""
+            predictions.append(
+                SlotPredictions(
+                    rejected=rejected,
+                    masks=torch.stack(masks).cpu() if masks else torch.zeros((0, height, width), dtype=torch.bool),
+                    text=text,
+                    parse_failures=failures,
+                )
+            )
+        return predictions
+
+
+def _left_align(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's valid prefix to the right end: (N, L, D), (N, L) -> left-padded copies."""
+    length = mask.shape[1]
+    shift = length - mask.long().sum(1, keepdim=True)
+    source = (torch.arange(length, device=mask.device).unsqueeze(0) - shift) % length
+    aligned_mask = torch.arange(length, device=mask.device).unsqueeze(0) >= shift
+    aligned = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    return aligned * aligned_mask.unsqueeze(-1).to(aligned.dtype), aligned_mask

@@ -1,0 +1,57 @@
+"""Batched SAM mask decoding for many queries over many images, and mask post-processing.
+
+``MaskDecoder.forward`` serves one image per call (it repeats that image's embedding once per
+prompt). Here every query carries the index of its image, so all queries of a batch go through
+the decoder's two-way transformer, upscaling and first hypernetwork MLP in ONE call. Only the
+single-mask output (``multimask_output=False``, mask token 0) is computed, as GSVA uses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+
+
+def decode_masks(
+    mask_decoder: MaskDecoder,
+    prompt_encoder: PromptEncoder,
+    image_embeddings: torch.Tensor,
+    queries: torch.Tensor,
+    query_to_image: torch.Tensor,
+) -> torch.Tensor:
+    """Low-resolution mask logits for each query.
+
+    image_embeddings: (B, C, h, w) SAM image embeddings.
+    queries: (Q, C) sparse prompt embeddings (one token per query).
+    query_to_image: (Q,) long, image index of each query.
+    Returns (Q, 4h, 4w) mask logits.
+    """
+    dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    source = image_embeddings.index_select(0, query_to_image) + dense
+    position = prompt_encoder.get_dense_pe().to(source.dtype).expand(source.shape[0], -1, -1, -1)
+    output_tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat(
+        [output_tokens.unsqueeze(0).expand(queries.shape[0], -1, -1), queries.unsqueeze(1).to(output_tokens.dtype)],
+        dim=1,
+    )
+    batch, channels, height, width = source.shape
+    token_states, source_states = mask_decoder.transformer(source, position, tokens)
+    upscaled = mask_decoder.output_upscaling(source_states.transpose(1, 2).reshape(batch, channels, height, width))
+    hyper = mask_decoder.output_hypernetworks_mlps[0](token_states[:, 1, :])
+    up_batch, up_channels, up_height, up_width = upscaled.shape
+    masks = torch.bmm(hyper.unsqueeze(1), upscaled.reshape(up_batch, up_channels, up_height * up_width))
+    return masks.reshape(up_batch, up_height, up_width)
+
+
+def postprocess_masks(
+    low_res: torch.Tensor, input_size: int, resized_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """(Q, h', w') logits of one image -> (Q, H, W) logits at the original size.
+
+    Upsample to the padded SAM input, crop the padding away, resize to the original image.
+    """
+    masks = F.interpolate(low_res.unsqueeze(1), (input_size, input_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : resized_size[0], : resized_size[1]]
+    masks = F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+    return masks.squeeze(1)

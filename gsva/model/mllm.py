@@ -1,0 +1,251 @@
+"""The multimodal LLM (LLaVA) composed from transformers parts.
+
+A decoder-only causal LM, a ``CLIPVisionModel`` whose layer ``select_layer`` patch features go
+through a projector (``linear`` or ``mlp2x_gelu``) and are spliced into ``inputs_embeds`` at the
+image placeholder of each conversation.
+
+Checkpoints in the original LLaVA layout are read: ``config.json`` with the decoder fields plus
+``mm_vision_tower``, ``mm_hidden_size``, ``mm_projector_type``, ``mm_vision_select_layer``,
+``mm_use_im_start_end``; weights ``model.safetensors`` / ``pytorch_model.bin`` (sharded with an
+index or not) with keys ``model.layers.*``, ``lm_head.*`` and ``model.mm_projector.*``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from gsva.config import TinyDims
+from gsva.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+LLAVA_KEYS = (
+    "mm_vision_tower",
+    "mm_hidden_size",
+    "mm_projector_type",
+    "mm_vision_select_layer",
+    "mm_vision_select_feature",
+    "mm_use_im_start_end",
+    "mm_use_im_patch_token",
+)
+
+
+def build_projector(projector_type: str, vision_size: int, text_size: int) -> nn.Module:
+    if projector_type == "linear":
+        return nn.Linear(vision_size, text_size)
+    if projector_type == "mlp2x_gelu":
+        return nn.Sequential(nn.Linear(vision_size, text_size), nn.GELU(), nn.Linear(text_size, text_size))
+    raise ValueError(f"unknown mm_projector_type {projector_type!r}; expected one of {PROJECTOR_TYPES}")
+
+
+@dataclass
+class SplicedInputs:
+    inputs_embeds: torch.Tensor
+    """(N, L', D) with L' = L - 1 + P (one placeholder replaced by P patch features)."""
+    attention_mask: torch.Tensor
+    """(N, L') bool."""
+    token_ids: torch.Tensor
+    """(N, L') long: the input ids moved to their new positions, ``IMAGE_TOKEN_INDEX`` on patches."""
+    labels: torch.Tensor | None
+    """(N, L') long, ``IGNORE_INDEX`` on patches; None when no labels were given."""
+
+
+class LlavaModel(nn.Module):
+    def __init__(
+        self,
+        language_model: PreTrainedModel,
+        vision_tower: CLIPVisionModel,
+        mm_projector: nn.Module,
+        select_layer: int = -2,
+        use_im_start_end: bool = False,
+        projector_type: str = "linear",
+    ) -> None:
+        super().__init__()
+        self.language_model = language_model
+        self.vision_tower = vision_tower
+        self.mm_projector = mm_projector
+        self.select_layer = select_layer
+        self.use_im_start_end = use_im_start_end
+        self.projector_type = projector_type
+
+    @property
+    def hidden_size(self) -> int:
+        return self.language_model.config.hidden_size
+
+    def encode_images(self, clip_images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, C, C) -> (B, P, D) projected patch features of layer ``select_layer`` (no CLS)."""
+        outputs = self.vision_tower(pixel_values=clip_images, output_hidden_states=True)
+        patches = outputs.hidden_states[self.select_layer][:, 1:]
+        return self.mm_projector(patches)
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """(…) ids -> (…, D); ``IMAGE_TOKEN_INDEX`` entries embed as id 0 (they are replaced)."""
+        return self.language_model.get_input_embeddings()(token_ids.clamp(min=0))
+
+    def splice(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_features: torch.Tensor,
+        conv_to_image: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> SplicedInputs:
+        """Replace the single image placeholder of each row by the features of its image.
+
+        input_ids, attention_mask, labels: (N, L); image_features: (B, P, D); conv_to_image: (N,).
+        """
+        length = input_ids.shape[1]
+        patches = image_features.shape[1]
+        is_image = input_ids == IMAGE_TOKEN_INDEX
+        placeholder = is_image.to(torch.int64).argmax(dim=1)
+        new_positions = torch.arange(length - 1 + patches, device=input_ids.device).unsqueeze(0)
+        offset = new_positions - placeholder.unsqueeze(1)
+        on_patch = (offset >= 0) & (offset < patches)
+        source = torch.where(offset < 0, new_positions, new_positions - patches + 1).clamp(0, length - 1)
+        token_ids = torch.where(on_patch, IMAGE_TOKEN_INDEX, input_ids.gather(1, source))
+        text_embeds = self.embed_tokens(token_ids)
+        patch_embeds = image_features[conv_to_image.unsqueeze(1), offset.clamp(0, patches - 1)]
+        inputs_embeds = torch.where(on_patch.unsqueeze(-1), patch_embeds.to(text_embeds.dtype), text_embeds)
+        new_mask = on_patch | attention_mask.gather(1, source)
+        new_labels = None
+        if labels is not None:
+            new_labels = torch.where(on_patch, IGNORE_INDEX, labels.gather(1, source))
+        return SplicedInputs(inputs_embeds, new_mask, token_ids, new_labels)
+
+    def last_hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, L', D) post-norm output of the decoder's last layer."""
+        decoder = self.language_model.get_decoder()
+        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False).last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.language_model.get_output_embeddings()(hidden)
+
+    def llava_config(self) -> dict[str, Any]:
+        """The ``mm_*`` fields of the original LLaVA ``config.json``."""
+        return {
+            "mm_hidden_size": self.vision_tower.config.hidden_size,
+            "mm_projector_type": self.projector_type,
+            "mm_vision_select_layer": self.select_layer,
+            "mm_vision_select_feature": "patch",
+            "mm_use_im_start_end": self.use_im_start_end,
+            "mm_use_im_patch_token": False,
+        }
+
+
+def build_tiny_llava(dims: TinyDims, vocab_size: int, clip_image_size: int, use_im_start_end: bool) -> LlavaModel:
+    """A randomly initialised LLaVA (LLaMA decoder + CLIP vision tower + linear projector)."""
+    language_model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=dims.llm_hidden_size,
+            intermediate_size=dims.llm_intermediate_size,
+            num_hidden_layers=dims.llm_layers,
+            num_attention_heads=dims.llm_heads,
+            num_key_value_heads=dims.llm_heads,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    )
+    vision_tower = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=dims.clip_hidden_size,
+            intermediate_size=dims.clip_hidden_size * 4,
+            num_hidden_layers=dims.clip_layers,
+            num_attention_heads=dims.clip_heads,
+            image_size=clip_image_size,
+            patch_size=dims.clip_patch_size,
+            hidden_act="quick_gelu",
+        )
+    )
+    projector = build_projector("linear", dims.clip_hidden_size, dims.llm_hidden_size)
+    return LlavaModel(language_model, vision_tower, projector, use_im_start_end=use_im_start_end)
+
+
+def save_llava_checkpoint(llava: LlavaModel, output_dir: str | Path, vision_tower_dir: str | Path) -> None:
+    """Write ``llava`` in the original LLaVA layout (config.json + model.safetensors), and its CLIP
+    tower as an HF directory at ``vision_tower_dir`` (referenced by ``mm_vision_tower``)."""
+    output_dir, vision_tower_dir = Path(output_dir), Path(vision_tower_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    llava.vision_tower.save_pretrained(str(vision_tower_dir))
+    state = {name: tensor.contiguous() for name, tensor in llava.language_model.state_dict().items()}
+    state.update({f"model.mm_projector.{name}": tensor.contiguous() for name, tensor in llava.mm_projector.state_dict().items()})
+    save_file(state, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
+    config = llava.language_model.config.to_dict()
+    config.update(llava.llava_config())
+    config.update(
+        {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "mm_vision_tower": str(vision_tower_dir)}
+    )
+    (output_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _read_projector_state(path: Path) -> dict[str, torch.Tensor]:
+    """The ``model.mm_projector.*`` tensors of a LLaVA checkpoint directory (any weight layout)."""
+    prefix = "model.mm_projector."
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_file = path / index_name
+        if index_file.is_file():
+            weight_map = json.loads(index_file.read_text())["weight_map"]
+            files = sorted({path / file for key, file in weight_map.items() if key.startswith(prefix)})
+            break
+    else:
+        files = [file for file in (path / "model.safetensors", path / "pytorch_model.bin") if file.is_file()]
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as handle:
+                state.update({key[len(prefix):]: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)})
+        else:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+            state.update({key[len(prefix):]: value for key, value in loaded.items() if key.startswith(prefix)})
+    return state
+
+
+def load_llava(path: str | Path, vision_tower_path: str | Path | None, dtype: torch.dtype) -> LlavaModel:
+    """Load a LLaVA checkpoint in the original layout; every expected weight must be present."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"LLaVA checkpoint: {config_file} not found")
+    raw = json.loads(config_file.read_text())
+    missing_fields = [key for key in ("mm_vision_tower", "mm_hidden_size") if key not in raw]
+    if missing_fields:
+        raise ValueError(f"{config_file}: not a LLaVA config, missing {missing_fields}")
+    tower = Path(vision_tower_path or raw["mm_vision_tower"])
+    if not (tower / "config.json").is_file():
+        raise FileNotFoundError(
+            f"vision tower {tower} is not a local CLIP directory; download it (e.g. "
+            "openai/clip-vit-large-patch14) and set model.vision_tower_path"
+        )
+    decoder_fields = {key: value for key, value in raw.items() if key not in LLAVA_KEYS + ("model_type", "architectures")}
+    language_model, info = LlamaForCausalLM.from_pretrained(
+        str(path), config=LlamaConfig(**decoder_fields), dtype=dtype, output_loading_info=True
+    )
+    if info["missing_keys"]:
+        raise ValueError(f"{path}: decoder weights missing from the checkpoint: {sorted(info['missing_keys'])[:10]}")
+    vision_tower = CLIPVisionModel.from_pretrained(str(tower), dtype=dtype)
+    projector_type = raw.get("mm_projector_type", "linear")
+    projector = build_projector(projector_type, raw["mm_hidden_size"], language_model.config.hidden_size)
+    projector_state = _read_projector_state(path)
+    missing, unexpected = projector.load_state_dict(projector_state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: mm_projector weights do not fit {projector_type}: missing {missing}, unexpected {unexpected}")
+    return LlavaModel(
+        language_model,
+        vision_tower,
+        projector.to(dtype),
+        select_layer=raw.get("mm_vision_select_layer", -2),
+        use_im_start_end=raw.get("mm_use_im_start_end", False),
+        projector_type=projector_type,
+    )

@@ -1,0 +1,89 @@
+"""SAM from the ``segment_anything`` package: the published ViT-H/L/B builders and a tiny one.
+
+Checkpoints (``sam_vit_h_4b8939.pth`` …) are read with ``torch.load(weights_only=True)`` and
+loaded strictly: a key that is missing or unexpected is an error that lists the keys.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from gsva.config import TinyDims
+
+PUBLISHED_SAM_TYPES = ("vit_h", "vit_l", "vit_b")
+
+
+def build_tiny_sam(dims: TinyDims, image_size: int) -> Sam:
+    """A randomly initialised SAM with the standard architecture at small sizes."""
+    embedding_size = image_size // dims.sam_patch_size
+    global_layers = tuple(range(dims.sam_depth)) if dims.sam_window_size == 0 else (dims.sam_depth - 1,)
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=image_size,
+            patch_size=dims.sam_patch_size,
+            embed_dim=dims.sam_embed_dim,
+            depth=dims.sam_depth,
+            num_heads=dims.sam_heads,
+            mlp_ratio=4,
+            out_chans=dims.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=dims.sam_window_size,
+            global_attn_indexes=global_layers,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dims.prompt_embed_dim,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=dims.prompt_embed_dim,
+                mlp_dim=dims.decoder_mlp_dim,
+                num_heads=dims.decoder_heads,
+            ),
+            transformer_dim=dims.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=dims.prompt_embed_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def load_sam_state(sam: Sam, checkpoint: str | Path) -> None:
+    """Strictly load a SAM checkpoint in the segment_anything key layout."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = sam.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the SAM architecture: missing {sorted(missing)[:10]} "
+            f"({len(missing)} in all), unexpected {sorted(unexpected)[:10]} ({len(unexpected)} in all)"
+        )
+
+
+def build_sam(sam_type: str, checkpoint: str | Path | None, dims: TinyDims, image_size: int) -> Sam:
+    """SAM of ``sam_type`` ('vit_h' | 'vit_l' | 'vit_b' | 'tiny'), loaded from ``checkpoint`` if given."""
+    if sam_type == "tiny":
+        sam = build_tiny_sam(dims, image_size)
+    elif sam_type in PUBLISHED_SAM_TYPES:
+        if image_size != 1024:
+            raise ValueError(f"SAM {sam_type} works at 1024 px; data.sam_image_size is {image_size}")
+        sam = sam_model_registry[sam_type](checkpoint=None)
+    else:
+        raise ValueError(f"unknown SAM type {sam_type!r}; expected one of {PUBLISHED_SAM_TYPES + ('tiny',)}")
+    if checkpoint is not None:
+        load_sam_state(sam, checkpoint)
+    return sam

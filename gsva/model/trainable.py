@@ -1,0 +1,55 @@
+"""The one place that decides which parameters GSVA trains.
+
+LoRA (peft) on the attention projections named in ``lora_target_modules``; token embeddings and
+lm_head (the new ``[SEG]``/``[REJ]`` rows live there); SAM's mask decoder; the query projector.
+Frozen: the LLM base weights, CLIP, the mm projector, SAM's image and prompt encoders.
+``lora_r == 0`` keeps the whole LLM frozen (embeddings and lm_head included); ``lora_r < 0``
+trains the whole LLM instead of LoRA.
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from gsva.config import ModelConfig
+
+ALWAYS_TRAINED = ("mask_decoder", "query_projector")
+LLM_TRAINED_WITH_LORA = ("embed_tokens", "lm_head", "lora_")
+
+
+def add_lora(language_model: nn.Module, cfg: ModelConfig) -> None:
+    """Inject LoRA adapters in place (no wrapper module) when ``cfg.lora_r > 0``."""
+    if cfg.lora_r <= 0:
+        return
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        bias="none",
+    )
+    inject_adapter_in_model(lora, language_model)
+
+
+def is_trainable(name: str, cfg: ModelConfig) -> bool:
+    """Whether parameter ``name`` of ``GsvaModel`` is trained under ``cfg``'s policy."""
+    if any(part in name for part in ALWAYS_TRAINED):
+        return True
+    if not name.startswith("mllm.language_model."):
+        return False
+    if cfg.lora_r < 0:
+        return True
+    if cfg.lora_r == 0:
+        return False
+    return any(part in name for part in LLM_TRAINED_WITH_LORA)
+
+
+def apply_trainable_policy(model: nn.Module, cfg: ModelConfig) -> list[str]:
+    """Set ``requires_grad`` on every parameter of ``model``; returns the trained names."""
+    trained = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(is_trainable(name, cfg))
+        if parameter.requires_grad:
+            trained.append(name)
+    return trained
