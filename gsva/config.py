@@ -194,6 +194,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         return {name: _convert(item, value_type, f"{key}.{name}") for name, item in value.items()}
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; it is meant as a number.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
     if annotation is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if annotation in (int, float, str) and (not isinstance(value, annotation) or isinstance(value, bool)):

@@ -8,6 +8,7 @@ trainable weights, then evaluate.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -201,6 +202,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
 
     dtype = DTYPES[cfg.model.precision]
     writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
+    output_dir.mkdir(parents=True, exist_ok=True)
     per_epoch = batches_per_epoch(dataset, cfg)
     total_micro = total_steps * cfg.optim.grad_accum_steps
     stream = batches(dataset, cfg, start_epoch, skip)
@@ -225,6 +227,9 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
             seconds = time.time() - tick
             record = {"step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / cfg.run.log_every}
             history.append(record)
+            if is_main():
+                with (output_dir / "history.jsonl").open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=f"{means['total']:.3f}", ce=f"{means['ce']:.3f}", dice=f"{means['dice']:.3f}")
             if writer is not None:
                 for key, value in means.items():

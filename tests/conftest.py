@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny synthetic gRefCOCO set, a locally trained tokenizer, tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gsva.config import Config, load_config
+from gsva.data.synthetic import COLOURS, SyntheticSpec, write_synthetic_grefcoco
+from gsva.data.tokenizer import train_tiny_bpe
+from gsva.engine.components import tokenizer_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny_synthetic.yaml"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_grefcoco(root, SyntheticSpec(num_images={"train": 32, "val": 8, "testA": 4, "testB": 4}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tokenizer")
+    train_tiny_bpe(tokenizer_corpus(list(COLOURS), "llava_v1"), 512, directory)
+    return directory
+
+
+def tiny_config(synthetic_root: Path, tokenizer_dir: Path, *overrides: str) -> Config:
+    """The demo config on the test dataset, with random tiny components (no pretraining)."""
+    return load_config(
+        TINY_CONFIG,
+        [
+            f"data.dataset_dir={synthetic_root}",
+            "data.synthetic=null",
+            f"model.tokenizer_path={tokenizer_dir}",
+            "components.enabled=false",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture
+def config(synthetic_root, tokenizer_dir) -> Config:
+    return tiny_config(synthetic_root, tokenizer_dir)

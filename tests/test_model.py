@@ -1,0 +1,134 @@
+"""The full GSVA model at tiny sizes: losses, gradients, slot bookkeeping, inference protocols."""
+
+import math
+
+import pytest
+import torch
+
+from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.gres_dataset import GresDataset
+from gsva.data.samples import collate_samples
+from gsva.model.build import build_gsva
+from gsva.model.losses import rejected_row_losses
+from gsva.model.trainable import is_trainable
+from tests.conftest import tiny_config
+
+
+def make_batch(cfg, tokenizer, prompts, split="train", items=(0, 1), train=True):
+    index = GRefCocoIndex(cfg.data.dataset_dir)
+    dataset = GresDataset(
+        index, split, tokenizer, prompts, cfg.data.sam_image_size, cfg.data.clip_image_size,
+        train=train, num_classes_per_sample=5, seed=0,
+    )
+    return collate_samples([dataset[i] for i in items], tokenizer.pad_token_id), dataset
+
+
+@pytest.mark.parametrize("lora_r", [4, 0, -1])
+def test_gradients_only_on_trainable_set(synthetic_root, tokenizer_dir, lora_r):
+    cfg = tiny_config(synthetic_root, tokenizer_dir, f"model.lora_r={lora_r}")
+    torch.manual_seed(0)
+    tokenizer, model, prompts = build_gsva(cfg)
+    batch, _ = make_batch(cfg, tokenizer, prompts)
+    losses = model(batch)
+    for value in (losses.total, losses.ce, losses.bce, losses.dice):
+        assert torch.isfinite(value)
+    losses.total.backward()
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert with_grad <= trainable
+    assert all(is_trainable(name, cfg.model) for name in trainable)
+    assert any("mask_decoder" in name for name in with_grad)
+    assert any("query_projector" in name for name in with_grad)
+    assert not any("image_encoder" in name or "vision_tower" in name or "mm_projector" in name for name in trainable)
+    llm_trained = {name for name in trainable if name.startswith("mllm.language_model.")}
+    if lora_r > 0:
+        assert any("lora_B" in name for name in with_grad)  # lora_A gets zero gradient while lora_B is 0
+        assert llm_trained == {n for n in llm_trained if "lora_" in n or "embed_tokens" in n or "lm_head" in n}
+        assert any("embed_tokens" in name for name in with_grad) and any("lm_head" in name for name in with_grad)
+    elif lora_r == 0:
+        assert not llm_trained
+    else:
+        assert any("mlp.down_proj" in name for name in with_grad)
+
+
+def test_slot_bookkeeping_with_several_conversations_per_image(config, synthetic_root):
+    torch.manual_seed(0)
+    tokenizer, model, prompts = build_gsva(config)
+    first, dataset = make_batch(config, tokenizer, prompts, items=(0,))
+    second, _ = make_batch(config, tokenizer, prompts, items=(3,))
+    # Image 0 carries two conversations (the second borrowed from item 3 with its own targets);
+    # the model must encode the image once and route each [SEG] to its conversation's masks.
+    sample = dataset[0]
+    other = dataset[3].conversations[0]
+    other.target_masks = other.target_masks[:, : sample.original_size[0], : sample.original_size[1]]
+    sample.conversations.append(other)
+    batch = collate_samples([sample], tokenizer.pad_token_id)
+    assert batch.num_images == 1 and batch.input_ids.shape[0] == 2
+    assert batch.conv_to_image.tolist() == [0, 0]
+    seg_id, rej_id = model.token_ids.seg_ids[0], model.token_ids.rej_id
+    for row, exists in enumerate(batch.slot_exists):
+        ids = batch.input_ids[row]
+        assert int((ids == seg_id).sum()) == int(exists.sum())
+        assert int((ids == rej_id).sum()) == int((~exists).sum())
+    calls = []
+    model.visual_model.image_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    losses = model(batch)
+    assert calls == [1]
+    assert torch.isfinite(losses.total)
+    # A target count that disagrees with the [SEG] tokens is refused, not silently misrouted.
+    batch.slot_exists[0][0] = ~batch.slot_exists[0][0]
+    with pytest.raises(ValueError, match="do not match"):
+        model(batch)
+
+
+def test_authors_mask_loss_counts_rejected_rows(config, synthetic_root, tokenizer_dir):
+    torch.manual_seed(0)
+    tokenizer, model, prompts = build_gsva(config)
+    batch, _ = make_batch(config, tokenizer, prompts, items=(0, 1, 2, 3))
+    torch.manual_seed(1)
+    authors = model(batch)
+    model.cfg = tiny_config(synthetic_root, tokenizer_dir, "model.mask_loss_normalization=seg_only").model
+    seg_only = model(batch)
+    num_seg = sum(int(e.sum()) for e in batch.slot_exists)
+    num_slots = sum(e.numel() for e in batch.slot_exists)
+    num_rej = num_slots - num_seg
+    assert num_rej > 0
+    height, width = batch.original_sizes[0]
+    bce_row, dice_row = rejected_row_losses(height, width)
+    assert math.isclose(float(authors.bce), (float(seg_only.bce) * num_seg + num_rej * bce_row) / num_slots, rel_tol=1e-5)
+    assert math.isclose(float(authors.dice), (float(seg_only.dice) * num_seg + num_rej * dice_row) / num_slots, rel_tol=1e-5)
+
+
+class ForcedHead(torch.nn.Module):
+    """An lm_head whose argmax is always ``token``."""
+
+    def __init__(self, vocab: int, token: int) -> None:
+        super().__init__()
+        self.vocab, self.token = vocab, token
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden.new_zeros(*hidden.shape[:-1], self.vocab)
+        logits[..., self.token] = 10.0
+        return logits
+
+
+def test_teacher_forced_decision_rule(config):
+    """argmax == ground truth -> that token; anything else -> the opposite decision."""
+    torch.manual_seed(0)
+    tokenizer, model, prompts = build_gsva(config)
+    model.eval()
+    batch, _ = make_batch(config, tokenizer, prompts, split="val", items=(0, 1), train=False)
+    seg_id, rej_id = model.token_ids.seg_ids[0], model.token_ids.rej_id
+    vocab = model.mllm.language_model.get_output_embeddings().out_features
+    truth = [e.tolist() for e in batch.slot_exists]
+    for forced in (seg_id, rej_id, 5):
+        model.mllm.language_model.set_output_embeddings(ForcedHead(vocab, forced))
+        predictions = model.predict_teacher_forced(batch)
+        got = [p.rejected for p in predictions]
+        if forced == seg_id:
+            assert got == [[False] * len(t) for t in truth]
+        elif forced == rej_id:
+            assert got == [[True] * len(t) for t in truth]
+        else:  # a token that is neither: every slot gets the opposite of its ground truth
+            assert got == [[exists for exists in t] for t in truth]
+        assert [p.masks.shape[0] for p in predictions] == [len(t) for t in truth]
