@@ -54,10 +54,13 @@ def load_tokenizer(path: str | Path, model_max_length: int) -> PreTrainedTokeniz
     return tokenizer
 
 
-def train_tiny_bpe(corpus: Iterable[str], vocab_size: int, output_dir: str | Path) -> PreTrainedTokenizerFast:
+def train_tiny_bpe(
+    corpus: Iterable[str], vocab_size: int, output_dir: str | Path, extra_tokens: tuple[str, ...] = ()
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``corpus`` and save it as an HF tokenizer directory.
 
-    Special tokens follow LLaMA: ``<unk>`` (also padding), ``<s>``, ``</s>``.
+    Special tokens follow LLaMA: ``<unk>`` (also padding), ``<s>``, ``</s>``; ``extra_tokens``
+    become atomic vocabulary entries (never split, never merged).
     """
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -69,6 +72,7 @@ def train_tiny_bpe(corpus: Iterable[str], vocab_size: int, output_dir: str | Pat
         show_progress=False,
     )
     backend.train_from_iterator(corpus, trainer)
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in extra_tokens])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
     )

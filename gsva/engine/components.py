@@ -6,9 +6,11 @@ tiny demo has no downloads, so it first makes both, from the synthetic set's per
 (not from its referring expressions):
 
 - SAM: image encoder + decoder trained to segment "all objects of colour c" from a learned
-  prompt embedding per colour; saved as a segment_anything ``.pth`` state dict.
+  prompt embedding per colour (and the union of two colours from the sum of their prompts);
+  saved as a segment_anything ``.pth`` state dict.
 - LLaVA: a BPE tokenizer trained on the prompt vocabulary, then LLaMA + CLIP + projector trained
-  on "What colours are in this image?" and "Is there c in this image?"; saved in the original
+  on "What colours are in this image?" and "Which of these colours are in this image: …?"
+  (answered name by name, "red: [YES], blue: [NO]."); saved in the original
   LLaVA layout with its CLIP tower.
 
 GSVA training then loads both through the same loaders that read real checkpoints.
@@ -38,13 +40,16 @@ from gsva.data.tokenizer import train_tiny_bpe
 from gsva.data.transforms import clip_preprocess, read_rgb, sam_preprocess
 from gsva.model.losses import bce_per_mask, dice_per_mask
 from gsva.model.mask_decoding import decode_masks, postprocess_masks
-from gsva.model.mllm import build_tiny_llava, save_llava_checkpoint
+from gsva.model.mllm import LlavaModel, build_tiny_llava, save_llava_checkpoint
 from gsva.model.sam import build_tiny_sam
 from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER
 
 LOGGER = logging.getLogger(__name__)
 COLOUR_QUESTION = "What colours are in this image?"
-PRESENCE_QUESTION = "Is there {colour} in this image?"
+CHECKLIST_QUESTION = "Which of these colours are in this image: {names}?"
+YES_TOKEN, NO_TOKEN = "[YES]", "[NO]"
+"""Checklist answers are "red: [YES], blue: [NO]." with atomic answer tokens."""
+MAX_CHECKLIST = 5
 
 
 @dataclass
@@ -107,6 +112,22 @@ def load_colour_data(cfg: Config) -> ColourData:
     )
 
 
+def _sam_queries(present: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries for a batch: every present colour alone, plus per image one pair (a present colour
+    and any other colour) whose target is the union. present: (B, K) bool.
+    Returns (query_to_image, first colour, second colour or -1), each (Q,), ordered by image."""
+    singles = present.nonzero()
+    images = torch.arange(present.shape[0])
+    pair_first = torch.multinomial(present.float(), 1, generator=generator).squeeze(1)
+    offset = torch.randint(1, present.shape[1], (present.shape[0],), generator=generator)
+    pair_second = (pair_first + offset) % present.shape[1]
+    query_to_image = torch.cat([singles[:, 0], images])
+    first = torch.cat([singles[:, 1], pair_first])
+    second = torch.cat([torch.full((len(singles),), -1), pair_second])
+    order = torch.argsort(query_to_image, stable=True)
+    return query_to_image[order], first[order], second[order]
+
+
 def pretrain_sam(cfg: Config, data: ColourData, generator: torch.Generator) -> tuple[torch.nn.Module, float]:
     """Train a tiny SAM to segment every object of a prompted colour; returns (sam, final IoU)."""
     sam = build_tiny_sam(cfg.model.tiny, cfg.data.sam_image_size)
@@ -118,12 +139,13 @@ def pretrain_sam(cfg: Config, data: ColourData, generator: torch.Generator) -> t
     progress = tqdm(range(steps), desc="pretrain SAM")
     for _ in progress:
         images = torch.randint(0, data.sam_images.shape[0], (cfg.components.batch_size,), generator=generator)
-        pairs = data.present[images].nonzero()
-        query_to_image, colour = pairs[:, 0], pairs[:, 1]
+        query_to_image, first, second = _sam_queries(data.present[images], generator)
         embeddings = sam.image_encoder(data.sam_images[images])
-        low_res = decode_masks(sam.mask_decoder, sam.prompt_encoder, embeddings, prompts(colour), query_to_image)
+        queries = prompts(first) + torch.where((second >= 0).unsqueeze(1), prompts(second.clamp(min=0)), 0.0)
+        low_res = decode_masks(sam.mask_decoder, sam.prompt_encoder, embeddings, queries, query_to_image)
         logits = postprocess_masks(low_res, cfg.data.sam_image_size, data.resized_size, data.original_size)
-        targets = data.colour_masks[images[query_to_image], colour].float()
+        masks = data.colour_masks[images[query_to_image]]
+        targets = torch.maximum(masks[torch.arange(len(first)), first], masks[torch.arange(len(first)), second.clamp(min=0)] * (second >= 0).view(-1, 1, 1)).float()
         loss = bce_per_mask(logits, targets).mean() + dice_per_mask(logits, targets).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,22 +171,63 @@ def tokenizer_corpus(colours: list[str], conversation: str) -> list[str]:
         question = rng.choice(TRAIN_QUESTIONS + tuple(EVAL_QUESTIONS.values()))
         answer = rng.choice(ANSWERS).format(slots=format_slots(names, exists))
         texts.append(template.render([(question_text(names, question), answer)]).text)
-        texts.append(PRESENCE_QUESTION.format(colour=rng.choice(colours)) + " Yes. No. " + ", ".join(colours) + ".")
+        texts.append(CHECKLIST_QUESTION.format(names=", ".join(colours)) + " " + ", ".join(f"{c}: {YES_TOKEN}, {c}: {NO_TOKEN}" for c in colours))
     return texts
 
 
+def _colour_names(colours: list[str], rng: random.Random) -> tuple[str, set[str]]:
+    """A colour or a pair "c1 and c2", and the colours it names."""
+    first = rng.choice(colours)
+    if rng.random() < 0.2:
+        second = rng.choice([c for c in colours if c != first])
+        return f"{first} and {second}", {first, second}
+    return first, {first}
+
+
 def _llava_conversation(data: ColourData, image: int, rng: random.Random) -> tuple[str, str]:
-    present = [colour for colour, flag in zip(data.colours, data.present[image].tolist()) if flag]
-    if rng.random() < 0.5:
-        return COLOUR_QUESTION, ", ".join(present) + "."
-    colour = rng.choice(data.colours)
-    return PRESENCE_QUESTION.format(colour=colour), "Yes." if colour in present else "No."
+    """Either "what colours" or a checklist answered name by name: "red: [YES], blue: [NO]."."""
+    present = {colour for colour, flag in zip(data.colours, data.present[image].tolist()) if flag}
+    if rng.random() < 0.25:
+        return COLOUR_QUESTION, ", ".join(c for c in data.colours if c in present) + "."
+    names = [_colour_names(data.colours, rng) for _ in range(rng.randint(1, MAX_CHECKLIST))]
+    answer = ", ".join(f"{name}: {YES_TOKEN if named & present else NO_TOKEN}" for name, named in names) + "."
+    return CHECKLIST_QUESTION.format(names=", ".join(name for name, _ in names)), answer
 
 
-def pretrain_llava(cfg: Config, data: ColourData, tokenizer, generator: torch.Generator) -> tuple[torch.nn.Module, float]:
-    """Train a tiny LLaVA to name the colours of an image; returns (llava, answer token accuracy)."""
+def pretrain_clip(cfg: Config, data: ColourData, llava: LlavaModel, generator: torch.Generator) -> float:
+    """Train the tiny CLIP tower (in place) to tell which colours an image contains, from the mean
+    of the patch features LLaVA reads (layer ``select_layer``); returns the exact-set accuracy."""
+    tower = llava.vision_tower
+    head = torch.nn.Linear(tower.config.hidden_size, len(data.colours))
+    optimizer = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), lr=cfg.components.clip_lr)
+    steps = cfg.components.clip_steps
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.components.clip_lr, total_steps=steps, pct_start=0.1)
+    accuracy = 0.0
+    progress = tqdm(range(steps), desc="pretrain CLIP")
+    for _ in progress:
+        images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator)
+        hidden = tower(pixel_values=data.clip_images[images], output_hidden_states=True).hidden_states
+        logits = head(hidden[llava.select_layer][:, 1:].mean(1))
+        targets = data.present[images].float()
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        exact = ((logits.detach() > 0) == data.present[images]).all(1).float().mean().item()
+        accuracy = 0.9 * accuracy + 0.1 * exact
+        progress.set_postfix(loss=f"{loss.item():.3f}", exact=f"{accuracy:.3f}")
+    return accuracy
+
+
+def pretrain_llava(cfg: Config, data: ColourData, tokenizer, generator: torch.Generator) -> tuple[LlavaModel, float]:
+    """Pretrain CLIP, then train the projector + LLM with CLIP frozen (as LLaVA is trained) to
+    answer colour questions; returns (llava, answer token accuracy)."""
     llava = build_tiny_llava(cfg.model.tiny, len(tokenizer), cfg.data.clip_image_size, use_im_start_end=False)
-    optimizer = torch.optim.AdamW(llava.parameters(), lr=cfg.components.llava_lr)
+    pretrain_clip(cfg, data, llava, generator)
+    llava.vision_tower.requires_grad_(False)
+    trained = list(llava.language_model.parameters()) + list(llava.mm_projector.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=cfg.components.llava_lr)
     steps = cfg.components.llava_steps
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.components.llava_lr, total_steps=steps, pct_start=0.1)
     template = get_template(cfg.data.conversation)
@@ -213,7 +276,12 @@ def prepare_components(cfg: Config) -> ComponentPaths:
     data = load_colour_data(cfg)
     sam, sam_iou = pretrain_sam(cfg, data, generator)
     paths.sam_checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tiny_bpe(tokenizer_corpus(data.colours, cfg.data.conversation), cfg.model.tiny.vocab_size, paths.llava_dir)
+    tokenizer = train_tiny_bpe(
+        tokenizer_corpus(data.colours, cfg.data.conversation),
+        cfg.model.tiny.vocab_size,
+        paths.llava_dir,
+        extra_tokens=(YES_TOKEN, NO_TOKEN),
+    )
     llava, accuracy = pretrain_llava(cfg, data, tokenizer, generator)
     save_llava_checkpoint(llava, paths.llava_dir, paths.clip_dir)
     partial = paths.sam_checkpoint.with_suffix(".pth.partial")

@@ -167,6 +167,17 @@ def save_trainable_weights(model: GsvaModel, cfg: Config, directory: Path) -> Pa
     return directory / "model.safetensors"
 
 
+def resolve_resume(path: Path) -> tuple[Path, str | None]:
+    """A checkpoints directory (its ``latest`` tag is used) or one tag directory inside it."""
+    if (path / "latest").is_file():
+        return path, None
+    if path.is_dir() and any(path.glob("mp_rank_*_model_states.pt")):
+        return path.parent, path.name
+    raise FileNotFoundError(
+        f"--resume {path}: expected a checkpoints directory with a 'latest' file or one checkpoint tag directory"
+    )
+
+
 def train(cfg: Config, resume: str | None = None) -> TrainResult:
     """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
     import deepspeed
@@ -193,10 +204,10 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     checkpoint_dir = output_dir / "checkpoints"
     micro_step, start_epoch, skip = 0, 0, 0
     if resume is not None:
-        load_from = checkpoint_dir if resume == "auto" else Path(resume)
-        path, client_state = engine.load_checkpoint(str(load_from))
+        load_dir, tag = resolve_resume(checkpoint_dir if resume == "auto" else Path(resume))
+        path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_from}")
+            raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_dir}")
         micro_step, start_epoch, skip = client_state["micro_step"], client_state["epoch"], client_state["batch_in_epoch"]
         LOGGER.info("resumed from %s at optimizer step %d", path, engine.global_steps)
 
