@@ -2,6 +2,7 @@
 untrained one, and eval.py reproduces the end-of-training metrics from the saved weights."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -40,9 +41,12 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
 
     command = [
         sys.executable, "eval.py", "--weights", str(result.weights), "--split", "val",
-        "--output-dir", str(tmp_path / "reeval"), "--batch-size", "3",
+        "--output-dir", str(tmp_path / "reeval"), "--batch-size", "4",
     ]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
+    # A fresh process: without the rendezvous variables this test process set for itself.
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     reproduced = json.loads((tmp_path / "reeval" / "metrics.json").read_text())
     for variant in ("gres", "gsva"):
         for key, value in trained_report["metrics"][variant].items():

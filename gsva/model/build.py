@@ -20,7 +20,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def build_gsva(cfg: Config) -> tuple[PreTrainedTokenizerBase, GsvaModel, PromptSettings]:
     """Tokenizer with the task tokens, the GSVA model with its trainable policy applied, and the
-    prompt settings that match them."""
+    prompt settings that match them.
+
+    Parts not read from a checkpoint (new token rows, query projector, random tiny components) are
+    initialised from ``cfg.run.seed``, so that rebuilding from the same config gives the same frozen
+    weights and a saved file of the trainable weights restores the whole model.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.run.seed)
+        return _build(cfg)
+
+
+def _build(cfg: Config) -> tuple[PreTrainedTokenizerBase, GsvaModel, PromptSettings]:
     model_cfg = cfg.model
     dtype = DTYPES[model_cfg.precision]
     tokenizer_path = model_cfg.tokenizer_path or model_cfg.llava_path
