@@ -140,6 +140,21 @@ class LlavaModel(nn.Module):
         }
 
 
+def _scale_tiny_init(language_model: nn.Module) -> None:
+    """Re-initialise a tiny decoder at unit scale: N(0, 1/fan_in) linears and N(0, 1) embeddings.
+
+    LLaMA's N(0, 0.02) suits 4096-wide layers; at width 128 it leaves attention so flat that the
+    decoder does not learn to look up image content within a CPU budget (measured: yes/no about a
+    colour stays at chance for 600 steps, while this scale learns it in about 200).
+    """
+    with torch.no_grad():
+        for module in language_model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, module.in_features**-0.5)
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, 1.0)
+
+
 def build_tiny_llava(dims: TinyDims, vocab_size: int, clip_image_size: int, use_im_start_end: bool) -> LlavaModel:
     """A randomly initialised LLaVA (LLaMA decoder + CLIP vision tower + linear projector)."""
     language_model = LlamaForCausalLM(
@@ -158,6 +173,7 @@ def build_tiny_llava(dims: TinyDims, vocab_size: int, clip_image_size: int, use_
             pad_token_id=0,
         )
     )
+    _scale_tiny_init(language_model)
     vision_tower = CLIPVisionModel(
         CLIPVisionConfig(
             hidden_size=dims.clip_hidden_size,
