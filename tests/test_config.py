@@ -48,3 +48,4 @@ def test_pretrain_recipe_matches_table_a3():
     assert (cfg.model.ce_loss_weight, cfg.model.bce_loss_weight, cfg.model.dice_loss_weight) == (1.0, 2.0, 0.5)
     assert cfg.model.sam_type == "vit_h" and cfg.data.sam_image_size == 1024 and cfg.data.clip_image_size == 224
     assert cfg.data.num_classes_per_sample == 5
+

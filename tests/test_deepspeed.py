@@ -29,6 +29,7 @@ def launch(output_dir: Path, work: Path, *extra: str) -> subprocess.CompletedPro
         "components.llava_steps=5",
         "schedule.steps=4",
         "schedule.save_every=2",
+        "schedule.keep_last=2",
         "run.log_every=1",
         "optim.micro_batch_size=2",
         f"run.output_dir={output_dir}",
@@ -49,6 +50,7 @@ def test_two_rank_zero2_checkpoint_and_exact_resume(tmp_path):
     launch(full, tmp_path)
     checkpoints = full / "checkpoints"
     assert (checkpoints / "latest").read_text().strip() == "step4"
+    assert sorted(p.name for p in checkpoints.glob("step*")) == ["step2", "step4"]
     for tag in ("step2", "step4"):
         # ZeRO-2 partitions the optimizer state: one shard per rank.
         assert len(list((checkpoints / tag).glob("*zero_pp_rank_*optim_states.pt"))) == 2

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,6 +168,16 @@ def save_trainable_weights(model: GsvaModel, cfg: Config, directory: Path) -> Pa
     return directory / "model.safetensors"
 
 
+def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints; the one named by ``latest`` is
+    always kept."""
+    latest = (checkpoint_dir / "latest").read_text().strip()
+    tags = sorted((p for p in checkpoint_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+    for old in tags[: max(len(tags) - keep_last, 0)]:
+        if old.name != latest:
+            shutil.rmtree(old)
+
+
 def resolve_resume(path: Path) -> tuple[Path, str | None]:
     """A checkpoints directory (its ``latest`` tag is used) or one tag directory inside it."""
     if (path / "latest").is_file():
@@ -259,6 +270,8 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
                 "batch_in_epoch": micro_step % per_epoch,
             }
             engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client_state)
+            if is_main():
+                prune_checkpoints(checkpoint_dir, cfg.schedule.keep_last)
     progress.close()
     final_dir = output_dir / "final"
     if is_main():
