@@ -132,3 +132,17 @@ def test_teacher_forced_decision_rule(config):
         else:  # a token that is neither: every slot gets the opposite of its ground truth
             assert got == [[exists for exists in t] for t in truth]
         assert [p.masks.shape[0] for p in predictions] == [len(t) for t in truth]
+
+
+def test_gradient_checkpointing_and_llama2_template(synthetic_root, tokenizer_dir):
+    cfg = tiny_config(
+        synthetic_root, tokenizer_dir, "model.lora_r=4", "model.gradient_checkpointing=true", "data.conversation=llava_llama_2"
+    )
+    tokenizer, model, prompts = build_gsva(cfg)
+    assert prompts.template.name == "llava_llama_2"
+    batch, _ = make_batch(cfg, tokenizer, prompts)
+    assert "[/INST]" in tokenizer.decode([t for t in batch.input_ids[0].tolist() if t >= 0])
+    losses = model(batch)
+    losses.total.backward()
+    assert torch.isfinite(losses.total)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)

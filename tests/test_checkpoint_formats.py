@@ -1,0 +1,50 @@
+"""Component checkpoints in their real layouts load strictly; bad ones fail with a clear message."""
+
+import pytest
+import torch
+
+from gsva.config import TinyDims
+from gsva.data.tokenizer import load_tokenizer
+from gsva.model.mllm import build_tiny_llava, load_llava, save_llava_checkpoint
+from gsva.model.sam import build_sam, build_tiny_sam
+
+
+def test_sam_checkpoint_round_trip_and_mismatch(tmp_path):
+    torch.manual_seed(0)
+    sam = build_tiny_sam(TinyDims(), 64)
+    torch.save(sam.state_dict(), tmp_path / "sam.pth")
+    loaded = build_sam("tiny", tmp_path / "sam.pth", TinyDims(), 64)
+    for (name, a), (_, b) in zip(sam.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    state = sam.state_dict()
+    del state["mask_decoder.iou_token.weight"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="missing .*mask_decoder.iou_token.weight"):
+        build_sam("tiny", tmp_path / "broken.pth", TinyDims(), 64)
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint not found"):
+        build_sam("tiny", tmp_path / "absent.pth", TinyDims(), 64)
+
+
+@pytest.mark.parametrize("use_im_start_end", [False, True])
+def test_llava_original_layout_round_trip(tmp_path, tokenizer_dir, use_im_start_end):
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(tokenizer_dir, 512)
+    llava = build_tiny_llava(TinyDims(), len(tokenizer), 32, use_im_start_end=use_im_start_end)
+    save_llava_checkpoint(llava, tmp_path / "llava", tmp_path / "clip")
+    loaded = load_llava(tmp_path / "llava", None, torch.float32)
+    assert loaded.use_im_start_end == use_im_start_end
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(llava.encode_images(images), loaded.encode_images(images))
+    ids = torch.randint(3, len(tokenizer), (2, 7))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    assert torch.allclose(
+        llava.last_hidden_states(llava.embed_tokens(ids), mask), loaded.last_hidden_states(loaded.embed_tokens(ids), mask)
+    )
+
+
+def test_llava_without_vision_tower_explains_what_to_do(tmp_path, tokenizer_dir):
+    tokenizer = load_tokenizer(tokenizer_dir, 512)
+    llava = build_tiny_llava(TinyDims(), len(tokenizer), 32, use_im_start_end=False)
+    save_llava_checkpoint(llava, tmp_path / "llava", tmp_path / "clip")
+    with pytest.raises(FileNotFoundError, match="set model.vision_tower_path"):
+        load_llava(tmp_path / "llava", tmp_path / "nowhere", torch.float32)
