@@ -112,6 +112,20 @@ def load_colour_data(cfg: Config) -> ColourData:
     )
 
 
+class OneCycleUpdater:
+    """AdamW with a one-cycle learning rate over ``steps``; ``update(loss)`` does one step."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter], lr: float, steps: int) -> None:
+        self.optimizer = torch.optim.AdamW(parameters, lr=lr)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, lr, total_steps=steps, pct_start=0.1)
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+
+
 def _sam_queries(present: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries for a batch: every present colour alone, plus per image one pair (a present colour
     and any other colour) whose target is the union. present: (B, K) bool.
@@ -132,9 +146,8 @@ def pretrain_sam(cfg: Config, data: ColourData, generator: torch.Generator) -> t
     """Train a tiny SAM to segment every object of a prompted colour; returns (sam, final IoU)."""
     sam = build_tiny_sam(cfg.model.tiny, cfg.data.sam_image_size)
     prompts = torch.nn.Embedding(len(data.colours), cfg.model.tiny.prompt_embed_dim)
-    optimizer = torch.optim.AdamW(list(sam.parameters()) + list(prompts.parameters()), lr=cfg.components.sam_lr)
     steps = cfg.components.sam_steps
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.components.sam_lr, total_steps=steps, pct_start=0.1)
+    update = OneCycleUpdater(list(sam.parameters()) + list(prompts.parameters()), cfg.components.sam_lr, steps)
     iou = 0.0
     progress = tqdm(range(steps), desc="pretrain SAM")
     for _ in progress:
@@ -147,10 +160,7 @@ def pretrain_sam(cfg: Config, data: ColourData, generator: torch.Generator) -> t
         masks = data.colour_masks[images[query_to_image]]
         targets = torch.maximum(masks[torch.arange(len(first)), first], masks[torch.arange(len(first)), second.clamp(min=0)] * (second >= 0).view(-1, 1, 1)).float()
         loss = bce_per_mask(logits, targets).mean() + dice_per_mask(logits, targets).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss)
         predicted = logits.detach() > 0
         inter = (predicted & (targets > 0)).sum().item()
         union = (predicted | (targets > 0)).sum().item()
@@ -200,9 +210,8 @@ def pretrain_clip(cfg: Config, data: ColourData, llava: LlavaModel, generator: t
     tower = llava.vision_tower
     grid = cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size
     head = torch.nn.Linear(tower.config.hidden_size, len(data.colours))
-    optimizer = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), lr=cfg.components.clip_lr)
     steps = cfg.components.clip_steps
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.components.clip_lr, total_steps=steps, pct_start=0.1)
+    update = OneCycleUpdater(list(tower.parameters()) + list(head.parameters()), cfg.components.clip_lr, steps)
     accuracy = 0.0
     progress = tqdm(range(steps), desc="pretrain CLIP")
     for _ in progress:
@@ -211,10 +220,7 @@ def pretrain_clip(cfg: Config, data: ColourData, llava: LlavaModel, generator: t
         logits = head(hidden[llava.select_layer][:, 1:])
         targets = F.adaptive_max_pool2d(data.colour_masks[images].float(), grid).flatten(2).transpose(1, 2)
         loss = F.binary_cross_entropy_with_logits(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss)
         correct = ((logits.detach() > 0) == (targets > 0)).float().mean().item()
         accuracy = 0.9 * accuracy + 0.1 * correct
         progress.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{accuracy:.3f}")
@@ -228,9 +234,8 @@ def pretrain_llava(cfg: Config, data: ColourData, tokenizer, generator: torch.Ge
     pretrain_clip(cfg, data, llava, generator)
     llava.vision_tower.requires_grad_(False)
     trained = list(llava.language_model.parameters()) + list(llava.mm_projector.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=cfg.components.llava_lr)
     steps = cfg.components.llava_steps
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.components.llava_lr, total_steps=steps, pct_start=0.1)
+    update = OneCycleUpdater(trained, cfg.components.llava_lr, steps)
     template = get_template(cfg.data.conversation)
     rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
     accuracy = 0.0
@@ -257,10 +262,7 @@ def pretrain_llava(cfg: Config, data: ColourData, tokenizer, generator: torch.Ge
         supervised = targets != IGNORE_INDEX
         logits = llava.lm_logits(hidden[:, :-1][supervised])
         loss = F.cross_entropy(logits, targets[supervised])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss)
         correct = (logits.argmax(-1) == targets[supervised]).float().mean().item()
         accuracy = 0.9 * accuracy + 0.1 * correct
         progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}")
