@@ -33,18 +33,28 @@ class ImageSample:
     conversations: list[ConversationSample]
 
 
+def pad_sequences(
+    input_ids: list[list[int]], labels: list[list[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad token rows -> input_ids (N, L), labels (N, L) with ``IGNORE_INDEX`` padding,
+    attention_mask (N, L) bool."""
+    length = max(len(row) for row in input_ids)
+    padded_ids = torch.full((len(input_ids), length), pad_token_id, dtype=torch.long)
+    padded_labels = torch.full((len(input_ids), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(input_ids), length), dtype=torch.bool)
+    for row, (ids, row_labels) in enumerate(zip(input_ids, labels)):
+        padded_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        padded_labels[row, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
+        attention_mask[row, : len(ids)] = True
+    return padded_ids, padded_labels, attention_mask
+
+
 def collate_samples(samples: list[ImageSample], pad_token_id: int) -> GsvaBatch:
     """Stack images, right-pad token sequences, keep per-conversation masks as a list."""
     conversations = [conv for sample in samples for conv in sample.conversations]
-    length = max(len(conv.input_ids) for conv in conversations)
-    input_ids = torch.full((len(conversations), length), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(conversations), length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(conversations), length), dtype=torch.bool)
-    for row, conv in enumerate(conversations):
-        count = len(conv.input_ids)
-        input_ids[row, :count] = torch.tensor(conv.input_ids, dtype=torch.long)
-        labels[row, :count] = torch.tensor(conv.labels, dtype=torch.long)
-        attention_mask[row, :count] = True
+    input_ids, labels, attention_mask = pad_sequences(
+        [conv.input_ids for conv in conversations], [conv.labels for conv in conversations], pad_token_id
+    )
     conv_to_image = torch.tensor(
         [image_index for image_index, sample in enumerate(samples) for _ in sample.conversations], dtype=torch.long
     )

@@ -34,6 +34,7 @@ from gsva.config import Config
 from gsva.data.conversation import get_template
 from gsva.data.grefcoco import GRefCocoIndex
 from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
+from gsva.data.samples import pad_sequences
 from gsva.data.synthetic import attributes_path
 from gsva.data.tokenize import tokenize_conversation
 from gsva.data.tokenizer import train_tiny_bpe
@@ -247,14 +248,9 @@ def pretrain_llava(cfg: Config, data: ColourData, tokenizer, generator: torch.Ge
             question, answer = _llava_conversation(data, image, rng)
             rendered = template.render([(IMAGE_PLACEHOLDER + "\n" + question, answer)])
             encoded.append(tokenize_conversation(rendered, tokenizer))
-        length = max(len(item.input_ids) for item in encoded)
-        input_ids = torch.full((len(encoded), length), tokenizer.pad_token_id)
-        labels = torch.full((len(encoded), length), IGNORE_INDEX)
-        mask = torch.zeros((len(encoded), length), dtype=torch.bool)
-        for row, item in enumerate(encoded):
-            input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-            labels[row, : len(item.labels)] = torch.tensor(item.labels)
-            mask[row, : len(item.input_ids)] = True
+        input_ids, labels, mask = pad_sequences(
+            [item.input_ids for item in encoded], [item.labels for item in encoded], tokenizer.pad_token_id
+        )
         features = llava.encode_images(data.clip_images[images])
         spliced = llava.splice(input_ids, mask, features, torch.arange(len(encoded)), labels)
         hidden = llava.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)

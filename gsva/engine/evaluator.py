@@ -136,19 +136,20 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to a temporary file and rename it over ``path``."""
+def _write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2))
+    partial.write_text(text)
     os.replace(partial, path)
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically."""
+    _write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def write_records(path: str | Path, records: list[dict[str, Any]]) -> None:
     """One JSON object per expression, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(record) + "\n" for record in records))
-    os.replace(partial, path)
+    _write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
