@@ -15,13 +15,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from gsva.config import load_config
-from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.refer import ReferIndex
 from gsva.data.prompts import EVAL_QUESTIONS, resolve_eval_question
 from gsva.engine.distributed import init_distributed
 from gsva.engine.evaluator import PROTOCOLS, EvalSettings
 from gsva.engine.report import evaluate_split
 from gsva.metrics import VARIANTS
-from gsva.model.build import DTYPES, build_gsva
+from gsva.model.build import build_gsva
 from gsva.model.weights import load_trainable_weights, resolve_weights_file
 
 
@@ -54,7 +54,6 @@ def main() -> None:
     tokenizer, model, prompts = build_gsva(cfg)
     load_trainable_weights(model, weights)
     prompts = replace(prompts, eval_question=resolve_eval_question(args.question_template))
-    dtype = DTYPES[cfg.model.precision]
     output_dir = args.output_dir or str(weights.parent / f"eval_{args.split}_{args.protocol}")
     settings = EvalSettings(
         protocol=args.protocol,
@@ -63,10 +62,10 @@ def main() -> None:
         visualize=args.visualize,
         output_dir=output_dir,
     )
-    index = GRefCocoIndex(Path(cfg.data.dataset_dir), cfg.data.dataset, cfg.data.split_by)
+    index = ReferIndex(Path(cfg.data.dataset_dir), cfg.data.dataset, cfg.data.split_by)
     evaluate_split(
         model.to(device), tokenizer, prompts, index, args.split, (cfg.data.sam_image_size, cfg.data.clip_image_size),
-        settings, device, dtype, variant=args.metric_variant,
+        settings, device, variant=args.metric_variant,
     )
 
 

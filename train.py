@@ -15,7 +15,6 @@ from gsva.config import load_config
 from gsva.engine.evaluator import EvalSettings
 from gsva.engine.report import evaluate_split
 from gsva.engine.trainer import train
-from gsva.model.build import DTYPES
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,7 +48,7 @@ def main() -> None:
     evaluate_split(
         result.model, result.tokenizer, result.prompts, result.index, run_cfg.data.eval_split,
         (run_cfg.data.sam_image_size, run_cfg.data.clip_image_size), settings, result.device,
-        DTYPES[run_cfg.model.precision], writer=result.writer, step=result.steps,
+        writer=result.writer, step=result.steps,
     )
 
 

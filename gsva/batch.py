@@ -16,9 +16,10 @@ import torch
 @dataclass
 class GsvaBatch:
     sam_images: torch.Tensor
-    """(B, 3, S, S) float: SAM-normalised, resized longest side to S, zero-padded bottom-right."""
+    """(B, 3, S, S) uint8 RGB: longest side resized to S, zero-padded bottom-right. The model
+    normalises on the device (and zeroes the padding of the normalised image, as SAM does)."""
     clip_images: torch.Tensor
-    """(B, 3, C, C) float: CLIP-normalised."""
+    """(B, 3, C, C) uint8 RGB: shortest side resized to C, centre-cropped; normalised by the model."""
     input_ids: torch.Tensor
     """(N, L) long: token ids; the image placeholder is ``IMAGE_TOKEN_INDEX``; right-padded."""
     labels: torch.Tensor
@@ -28,7 +29,8 @@ class GsvaBatch:
     conv_to_image: torch.Tensor
     """(N,) long: index into the B images of each conversation. Several may share an image."""
     target_masks: list[torch.Tensor]
-    """per conversation (T_i, H, W) float in {0, 1} at the original image size; empty for ``[REJ]``."""
+    """per conversation (T_i, H, W) uint8 in {0, 1} at the original image size; all zero for
+    ``[REJ]``; T_i = 0 for a conversation without slots (VQA)."""
     slot_exists: list[torch.Tensor]
     """per conversation (T_i,) bool: True where the answer slot is ``[SEG]`` (the target exists)."""
     original_sizes: list[tuple[int, int]]
@@ -42,17 +44,14 @@ class GsvaBatch:
     def num_images(self) -> int:
         return self.sam_images.shape[0]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "GsvaBatch":
-        """Move tensors to ``device``; floating image tensors are also cast to ``dtype``."""
+    def to(self, device: torch.device | str) -> "GsvaBatch":
+        """Move every tensor (and every tensor of a list field) to ``device``."""
 
-        def move(value: Any, cast: bool) -> Any:
+        def move(value: Any) -> Any:
             if isinstance(value, torch.Tensor):
-                if cast and dtype is not None and value.is_floating_point():
-                    return value.to(device=device, dtype=dtype, non_blocking=True)
                 return value.to(device=device, non_blocking=True)
             if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                return [move(item, False) for item in value]
+                return [item.to(device=device, non_blocking=True) for item in value]
             return value
 
-        casts = {"sam_images", "clip_images"}
-        return replace(self, **{f.name: move(getattr(self, f.name), f.name in casts) for f in fields(self)})
+        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gsva.data.grefcoco import EXPRESSION_KINDS, images_dir, instances_path, refs_path
+from gsva.data.refer import EXPRESSION_KINDS, images_dir, instances_path, refs_path
 from gsva.data.synthetic import (
     DATASET_NAME,
     SEGMENTATION_FORMATS,

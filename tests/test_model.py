@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.refer import ReferIndex
 from gsva.data.gres_dataset import GresDataset
-from gsva.data.samples import collate_samples
+from gsva.data.samples import Collator
 from gsva.model.build import build_gsva
 from gsva.model.losses import rejected_row_losses
 from gsva.model.trainable import is_trainable
@@ -15,12 +15,12 @@ from tests.conftest import tiny_config
 
 
 def make_batch(cfg, tokenizer, prompts, split="train", items=(0, 1), train=True):
-    index = GRefCocoIndex(cfg.data.dataset_dir)
+    index = ReferIndex(cfg.data.dataset_dir)
     dataset = GresDataset(
         index, split, tokenizer, prompts, cfg.data.sam_image_size, cfg.data.clip_image_size,
         train=train, num_classes_per_sample=5, seed=0,
     )
-    return collate_samples([dataset[i] for i in items], tokenizer.pad_token_id), dataset
+    return Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)([dataset[i] for i in items]), dataset
 
 
 @pytest.mark.parametrize("lora_r", [4, 0, -1])
@@ -62,7 +62,7 @@ def test_slot_bookkeeping_with_several_conversations_per_image(config, synthetic
     other = dataset[3].conversations[0]
     other.target_masks = other.target_masks[:, : sample.original_size[0], : sample.original_size[1]]
     sample.conversations.append(other)
-    batch = collate_samples([sample], tokenizer.pad_token_id)
+    batch = Collator(tokenizer.pad_token_id, config.data.sam_image_size)([sample])
     assert batch.num_images == 1 and batch.input_ids.shape[0] == 2
     assert batch.conv_to_image.tolist() == [0, 0]
     seg_id, rej_id = model.token_ids.seg_ids[0], model.token_ids.rej_id

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsva.data.grefcoco import GRefCocoIndex, expression_kind, images_dir, refs_path
+from gsva.data.refer import ReferIndex, expression_kind, images_dir, refs_path
 from gsva.data.masks import decode_segmentation, encode_rle, encode_uncompressed_rle
 from gsva.data.synthetic import (
     COLOURS,
@@ -51,7 +51,7 @@ def test_writer_is_deterministic(tmp_path: Path) -> None:
 def test_reader_masks_match_drawn_objects(tmp_path: Path, segmentation_format: str) -> None:
     spec = small_spec(segmentation_format=segmentation_format)
     write_synthetic_grefcoco(tmp_path, spec)
-    index = GRefCocoIndex(tmp_path)
+    index = ReferIndex(tmp_path)
     assert index.splits == tuple(sorted(SPLITS))
 
     checked = 0
@@ -111,12 +111,12 @@ def test_no_target_and_target_expressions_share_templates() -> None:
 def test_reader_reports_missing_files(tmp_path: Path) -> None:
     expected = refs_path(tmp_path, "grefcoco", "unc")
     with pytest.raises(FileNotFoundError, match=str(expected).replace("(", r"\(").replace(")", r"\)")):
-        GRefCocoIndex(tmp_path)
+        ReferIndex(tmp_path)
 
 
 def test_reader_rejects_unknown_split_and_ann_id(tmp_path: Path) -> None:
     write_synthetic_grefcoco(tmp_path, small_spec())
-    index = GRefCocoIndex(tmp_path)
+    index = ReferIndex(tmp_path)
     with pytest.raises(ValueError, match="available splits: testA, testB, train, val"):
         index.image_ids("test")
     image_id = index.image_ids("val")[0]
@@ -142,7 +142,7 @@ def test_reader_accepts_bare_int_and_empty_ann_ids(tmp_path: Path) -> None:
     no_target["ann_id"] = []
     path.write_text(json.dumps(refs), encoding="utf-8")
 
-    index = GRefCocoIndex(tmp_path)
+    index = ReferIndex(tmp_path)
     by_ref_id = {
         expression.ref_id: expression
         for split in index.splits

@@ -12,7 +12,7 @@ import torch
 from gsva.engine.evaluator import EvalSettings
 from gsva.engine.report import evaluate_split
 from gsva.engine.trainer import train
-from gsva.model.build import DTYPES, build_gsva
+from gsva.model.build import build_gsva
 from tests.conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -33,9 +33,8 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
     settings = EvalSettings(batch_size=4, output_dir=str(tmp_path / "eval"), visualize=2)
-    dtype = DTYPES[cfg.model.precision]
-    trained_report = evaluate_split(result.model, result.tokenizer, result.prompts, result.index, "val", sizes, settings, result.device, dtype)
-    untrained_report = evaluate_split(untrained, tokenizer, prompts, result.index, "val", sizes, EvalSettings(batch_size=4), result.device, dtype)
+    trained_report = evaluate_split(result.model, result.tokenizer, result.prompts, result.index, "val", sizes, settings, result.device)
+    untrained_report = evaluate_split(untrained, tokenizer, prompts, result.index, "val", sizes, EvalSettings(batch_size=4), result.device)
     assert trained_report["metrics"]["gres"]["giou"] > untrained_report["metrics"]["gres"]["giou"] + 0.1
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
 

@@ -17,11 +17,11 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from gsva.data.conversation import ConversationTemplate
-from gsva.data.grefcoco import GRefCocoIndex, ReferringExpression
+from gsva.data.refer import ReferIndex, ReferringExpression
 from gsva.data.prompts import ANSWERS, format_slots, question_text, sample_train_phrasing
 from gsva.data.samples import ConversationSample, ImageSample
 from gsva.data.tokenize import tokenize_conversation
-from gsva.data.transforms import clip_preprocess, read_rgb, sam_preprocess
+from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
 from gsva.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER
 
 
@@ -48,7 +48,7 @@ class GresDataset(Dataset):
 
     def __init__(
         self,
-        index: GRefCocoIndex,
+        index: ReferIndex,
         split: str,
         tokenizer: PreTrainedTokenizerBase,
         prompts: PromptSettings,
@@ -111,7 +111,7 @@ class GresDataset(Dataset):
         )
         tokens = tokenize_conversation(rendered, self.tokenizer)
         masks = np.stack([self.index.target_mask(image_id, e.ann_ids) for e in expressions]).astype(np.uint8)
-        sam_image, resized_size = sam_preprocess(image, self.sam_image_size)
+        sam_image = sam_resize(image, self.sam_image_size)
         conversation = ConversationSample(
             input_ids=tokens.input_ids,
             labels=tokens.labels,
@@ -128,8 +128,8 @@ class GresDataset(Dataset):
         )
         return ImageSample(
             sam_image=sam_image,
-            clip_image=clip_preprocess(image, self.clip_image_size),
+            clip_image=clip_resize_crop(image, self.clip_image_size),
             original_size=(record.height, record.width),
-            resized_size=resized_size,
+            resized_size=(sam_image.shape[1], sam_image.shape[2]),
             conversations=[conversation],
         )

@@ -17,7 +17,8 @@ class ConversationSample:
     input_ids: list[int]
     labels: list[int]
     target_masks: np.ndarray
-    """(T, H, W) uint8: one mask per answer slot, all zeros for ``[REJ]`` slots."""
+    """(T, H, W) uint8: one mask per answer slot, all zeros for ``[REJ]`` slots; T = 0 for a
+    conversation without slots (VQA)."""
     slot_exists: list[bool]
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -25,9 +26,9 @@ class ConversationSample:
 @dataclass
 class ImageSample:
     sam_image: torch.Tensor
-    """(3, S, S) float."""
+    """(3, h, w) uint8: longest side resized to S, not padded (see ``transforms.sam_resize``)."""
     clip_image: torch.Tensor
-    """(3, C, C) float."""
+    """(3, C, C) uint8."""
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
     conversations: list[ConversationSample]
@@ -49,25 +50,39 @@ def pad_sequences(
     return padded_ids, padded_labels, attention_mask
 
 
-def collate_samples(samples: list[ImageSample], pad_token_id: int) -> GsvaBatch:
-    """Stack images, right-pad token sequences, keep per-conversation masks as a list."""
-    conversations = [conv for sample in samples for conv in sample.conversations]
-    input_ids, labels, attention_mask = pad_sequences(
-        [conv.input_ids for conv in conversations], [conv.labels for conv in conversations], pad_token_id
-    )
-    conv_to_image = torch.tensor(
-        [image_index for image_index, sample in enumerate(samples) for _ in sample.conversations], dtype=torch.long
-    )
-    return GsvaBatch(
-        sam_images=torch.stack([sample.sam_image for sample in samples]),
-        clip_images=torch.stack([sample.clip_image for sample in samples]),
-        input_ids=input_ids,
-        labels=labels,
-        attention_mask=attention_mask,
-        conv_to_image=conv_to_image,
-        target_masks=[torch.from_numpy(conv.target_masks).float() for conv in conversations],
-        slot_exists=[torch.tensor(conv.slot_exists, dtype=torch.bool) for conv in conversations],
-        original_sizes=[sample.original_size for sample in samples],
-        resized_sizes=[sample.resized_size for sample in samples],
-        metadata=[conv.metadata for conv in conversations],
-    )
+def pad_sam_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """(3, h_b, w_b) uint8 each -> (B, 3, size, size) uint8, zero-padded bottom-right."""
+    padded = torch.zeros((len(images), 3, size, size), dtype=torch.uint8)
+    for index, image in enumerate(images):
+        padded[index, :, : image.shape[1], : image.shape[2]] = image
+    return padded
+
+
+@dataclass(frozen=True)
+class Collator:
+    """Turns a list of ``ImageSample`` into one ``GsvaBatch`` (picklable for DataLoader workers)."""
+
+    pad_token_id: int
+    sam_image_size: int
+
+    def __call__(self, samples: list[ImageSample]) -> GsvaBatch:
+        conversations = [conv for sample in samples for conv in sample.conversations]
+        input_ids, labels, attention_mask = pad_sequences(
+            [conv.input_ids for conv in conversations], [conv.labels for conv in conversations], self.pad_token_id
+        )
+        conv_to_image = torch.tensor(
+            [image_index for image_index, sample in enumerate(samples) for _ in sample.conversations], dtype=torch.long
+        )
+        return GsvaBatch(
+            sam_images=pad_sam_images([sample.sam_image for sample in samples], self.sam_image_size),
+            clip_images=torch.stack([sample.clip_image for sample in samples]),
+            input_ids=input_ids,
+            labels=labels,
+            attention_mask=attention_mask,
+            conv_to_image=conv_to_image,
+            target_masks=[torch.from_numpy(conv.target_masks) for conv in conversations],
+            slot_exists=[torch.tensor(conv.slot_exists, dtype=torch.bool) for conv in conversations],
+            original_sizes=[sample.original_size for sample in samples],
+            resized_sizes=[sample.resized_size for sample in samples],
+            metadata=[conv.metadata for conv in conversations],
+        )

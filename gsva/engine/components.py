@@ -32,16 +32,17 @@ from tqdm import tqdm
 
 from gsva.config import Config
 from gsva.data.conversation import get_template
-from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.refer import ReferIndex
 from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
-from gsva.data.samples import pad_sequences
+from gsva.data.samples import pad_sam_images, pad_sequences
 from gsva.data.synthetic import attributes_path
 from gsva.data.tokenize import tokenize_conversation
 from gsva.data.tokenizer import train_tiny_bpe
-from gsva.data.transforms import clip_preprocess, read_rgb, sam_preprocess
+from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
 from gsva.model.losses import bce_per_mask, dice_per_mask
 from gsva.model.mask_decoding import decode_masks, postprocess_masks
 from gsva.model.mllm import LlavaModel, build_tiny_llava, save_llava_checkpoint
+from gsva.model.pixels import normalize_clip_images, normalize_sam_images
 from gsva.model.sam import build_tiny_sam
 from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER
 
@@ -73,8 +74,8 @@ class ColourData:
     """The training split held in memory for component pretraining."""
 
     colours: list[str]
-    sam_images: torch.Tensor  # (N, 3, S, S)
-    clip_images: torch.Tensor  # (N, 3, C, C)
+    sam_images: torch.Tensor  # (N, 3, S, S) uint8, zero-padded
+    clip_images: torch.Tensor  # (N, 3, C, C) uint8
     colour_masks: torch.Tensor  # (N, K, H, W) uint8: union of the objects of each colour
     present: torch.Tensor  # (N, K) bool
     resized_size: tuple[int, int]
@@ -86,14 +87,15 @@ def load_colour_data(cfg: Config) -> ColourData:
     root = Path(cfg.data.dataset_dir)
     attributes = json.loads(attributes_path(root).read_text())
     colours = list(attributes["spec"]["colours"])
-    index = GRefCocoIndex(root, cfg.data.dataset, cfg.data.split_by)
+    index = ReferIndex(root, cfg.data.dataset, cfg.data.split_by)
     sam_images, clip_images, masks, present = [], [], [], []
     resized_size = original_size = (0, 0)
     for image_id in tqdm(index.image_ids(cfg.data.train_split), desc="load images", leave=False):
         image = read_rgb(str(index.image_path(image_id)))
-        sam_image, resized_size = sam_preprocess(image, cfg.data.sam_image_size)
+        sam_image = sam_resize(image, cfg.data.sam_image_size)
+        resized_size = tuple(sam_image.shape[1:])
         sam_images.append(sam_image)
-        clip_images.append(clip_preprocess(image, cfg.data.clip_image_size))
+        clip_images.append(clip_resize_crop(image, cfg.data.clip_image_size))
         original_size = image.shape[:2]
         objects = attributes["images"][str(image_id)]
         per_colour = []
@@ -104,7 +106,7 @@ def load_colour_data(cfg: Config) -> ColourData:
         present.append([any(obj["colour"] == colour for obj in objects) for colour in colours])
     return ColourData(
         colours=colours,
-        sam_images=torch.stack(sam_images),
+        sam_images=pad_sam_images(sam_images, cfg.data.sam_image_size),
         clip_images=torch.stack(clip_images),
         colour_masks=torch.from_numpy(np.stack(masks).astype(np.uint8)),
         present=torch.tensor(present),
@@ -154,7 +156,7 @@ def pretrain_sam(cfg: Config, data: ColourData, generator: torch.Generator) -> t
     for _ in progress:
         images = torch.randint(0, data.sam_images.shape[0], (cfg.components.batch_size,), generator=generator)
         query_to_image, first, second = _sam_queries(data.present[images], generator)
-        embeddings = sam.image_encoder(data.sam_images[images])
+        embeddings = sam.image_encoder(normalize_sam_images(data.sam_images[images], [data.resized_size] * len(images)))
         queries = prompts(first) + torch.where((second >= 0).unsqueeze(1), prompts(second.clamp(min=0)), 0.0)
         low_res = decode_masks(sam.mask_decoder, sam.prompt_encoder, embeddings, queries, query_to_image)
         logits = postprocess_masks(low_res, cfg.data.sam_image_size, data.resized_size, data.original_size)
@@ -217,7 +219,7 @@ def pretrain_clip(cfg: Config, data: ColourData, llava: LlavaModel, generator: t
     progress = tqdm(range(steps), desc="pretrain CLIP")
     for _ in progress:
         images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator)
-        hidden = tower(pixel_values=data.clip_images[images], output_hidden_states=True).hidden_states
+        hidden = tower(pixel_values=normalize_clip_images(data.clip_images[images]), output_hidden_states=True).hidden_states
         logits = head(hidden[llava.select_layer][:, 1:])
         targets = F.adaptive_max_pool2d(data.colour_masks[images].float(), grid).flatten(2).transpose(1, 2)
         loss = F.binary_cross_entropy_with_logits(logits, targets)

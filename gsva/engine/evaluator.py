@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from gsva.data.gres_dataset import GresDataset
-from gsva.data.samples import collate_samples
+from gsva.data.samples import Collator
 from gsva.data.transforms import read_rgb
 from gsva.engine.distributed import gather_objects, is_main, rank, world_size
 from gsva.engine.visualize import render_overlay, save_overlay
@@ -85,7 +85,6 @@ def run_evaluation(
     dataset: GresDataset,
     settings: EvalSettings,
     device: torch.device,
-    dtype: torch.dtype,
     tokenizer=None,
 ) -> list[dict[str, Any]]:
     """Score every expression of ``dataset`` once; returns ALL ranks' records on every rank."""
@@ -98,13 +97,13 @@ def run_evaluation(
         shard,
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
-        collate_fn=lambda samples: collate_samples(samples, dataset.tokenizer.pad_token_id),
+        collate_fn=Collator(dataset.tokenizer.pad_token_id, dataset.sam_image_size),
     )
     overlay_dir = Path(settings.output_dir) / "overlays" if settings.output_dir else None
     overlays_left = settings.visualize if is_main() else 0
     records: list[dict[str, Any]] = []
     for batch in tqdm(loader, desc=f"evaluate ({settings.protocol})", disable=not is_main()):
-        batch = batch.to(device, dtype)
+        batch = batch.to(device)
         if settings.protocol == "teacher-forced":
             predictions = model.predict_teacher_forced(batch)
         else:

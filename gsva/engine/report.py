@@ -11,7 +11,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from gsva.data.gres_dataset import GresDataset, PromptSettings
-from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.refer import ReferIndex
 from gsva.engine.distributed import is_main
 from gsva.engine.evaluator import EvalSettings, run_evaluation, summarize, write_json_atomic, write_records
 from gsva.metrics import format_metrics_table
@@ -22,12 +22,11 @@ def evaluate_split(
     model: GsvaModel,
     tokenizer,
     prompts: PromptSettings,
-    index: GRefCocoIndex,
+    index: ReferIndex,
     split: str,
     image_sizes: tuple[int, int],
     settings: EvalSettings,
     device: torch.device,
-    dtype: torch.dtype,
     variant: str = "gres",
     writer: SummaryWriter | None = None,
     step: int = 0,
@@ -36,7 +35,7 @@ def evaluate_split(
     dataset = GresDataset(
         index, split, tokenizer, prompts, image_sizes[0], image_sizes[1], train=False, num_classes_per_sample=10**6
     )
-    records = run_evaluation(model, dataset, settings, device, dtype, tokenizer)
+    records = run_evaluation(model, dataset, settings, device, tokenizer)
     if not is_main():
         return None
     summary = summarize(records)

@@ -28,13 +28,13 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from gsva.config import Config, config_to_dict
-from gsva.data.grefcoco import GRefCocoIndex
+from gsva.data.refer import ReferIndex
 from gsva.data.gres_dataset import GresDataset, PromptSettings
-from gsva.data.samples import collate_samples
+from gsva.data.samples import Collator
 from gsva.data.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
 from gsva.engine.components import ComponentPaths, prepare_components
 from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
-from gsva.model.build import DTYPES, build_gsva
+from gsva.model.build import build_gsva
 from gsva.model.gsva import GsvaModel
 
 LOGGER = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class TrainResult:
     model: GsvaModel
     tokenizer: PreTrainedTokenizerBase
     prompts: PromptSettings
-    index: GRefCocoIndex
+    index: ReferIndex
     device: torch.device
     steps: int
     history: list[dict[str, float]]
@@ -140,7 +140,7 @@ def batches(dataset: GresDataset, cfg: Config, start_epoch: int, skip: int) -> I
             dataset,
             batch_sampler=chunks[skip:],
             num_workers=cfg.data.num_workers,
-            collate_fn=lambda samples: collate_samples(samples, dataset.tokenizer.pad_token_id),
+            collate_fn=Collator(dataset.tokenizer.pad_token_id, cfg.data.sam_image_size),
         )
         for batch in loader:
             yield epoch, batch
@@ -198,7 +198,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     output_dir = Path(cfg.run.output_dir)
     cfg = prepare_inputs(cfg)
     tokenizer, model, prompts = build_gsva(cfg)
-    index = GRefCocoIndex(cfg.data.dataset_dir, cfg.data.dataset, cfg.data.split_by)
+    index = ReferIndex(cfg.data.dataset_dir, cfg.data.dataset, cfg.data.split_by)
     dataset = GresDataset(
         index, cfg.data.train_split, tokenizer, prompts, cfg.data.sam_image_size, cfg.data.clip_image_size,
         train=True, num_classes_per_sample=cfg.data.num_classes_per_sample, seed=cfg.run.seed,
@@ -222,7 +222,6 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         micro_step, start_epoch, skip = client_state["micro_step"], client_state["epoch"], client_state["batch_in_epoch"]
         LOGGER.info("resumed from %s at optimizer step %d", path, engine.global_steps)
 
-    dtype = DTYPES[cfg.model.precision]
     writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
     output_dir.mkdir(parents=True, exist_ok=True)
     per_epoch = batches_per_epoch(dataset, cfg)
@@ -234,7 +233,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     tick = time.time()
     while micro_step < total_micro:
         epoch, batch = next(stream)
-        losses = engine(batch.to(device, dtype))
+        losses = engine(batch.to(device))
         engine.backward(losses.total)
         engine.step()
         micro_step += 1

@@ -24,6 +24,7 @@ from gsva.config import ModelConfig
 from gsva.model.losses import bce_per_mask, dice_per_mask, rejected_row_losses
 from gsva.model.mask_decoding import decode_masks, postprocess_masks
 from gsva.model.mllm import LlavaModel
+from gsva.model.pixels import normalize_sam_images
 from gsva.model.query_projector import QueryProjector
 from gsva.special_tokens import IGNORE_INDEX
 
@@ -75,10 +76,12 @@ class GsvaModel(nn.Module):
         self.register_buffer("seg_id_tensor", torch.tensor(token_ids.seg_ids), persistent=False)
 
     # ----------------------------------------------------------------- shared pieces
-    def encode_sam_images(self, sam_images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, C, S/16, S/16) embeddings of the frozen SAM image encoder."""
+    def encode_sam_images(self, batch: GsvaBatch) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> (B, C, S/16, S/16) embeddings of the frozen SAM image encoder."""
+        encoder = self.visual_model.image_encoder
+        pixels = normalize_sam_images(batch.sam_images, batch.resized_sizes)
         with torch.no_grad():
-            return self.visual_model.image_encoder(sam_images)
+            return encoder(pixels.to(encoder.patch_embed.proj.weight.dtype))
 
     def _hidden_states(self, batch: GsvaBatch, input_ids: torch.Tensor, conv_to_image: torch.Tensor, labels=None):
         image_features = self.mllm.encode_images(batch.clip_images)
@@ -114,7 +117,7 @@ class GsvaModel(nn.Module):
     # ----------------------------------------------------------------- training
     def forward(self, batch: GsvaBatch) -> GsvaLosses:
         """Losses of one batch: ``ce_w·CE + bce_w·BCE + dice_w·DICE``."""
-        image_embeddings = self.encode_sam_images(batch.sam_images)
+        image_embeddings = self.encode_sam_images(batch)
         spliced, hidden = self._hidden_states(batch, batch.input_ids, batch.conv_to_image, batch.labels)
         targets = spliced.labels[:, 1:]
         supervised = targets != IGNORE_INDEX
@@ -144,8 +147,8 @@ class GsvaModel(nn.Module):
                 f"[SEG] tokens per image {[p.shape[0] for p in mask_logits]} do not match the existing "
                 f"targets per image {[w.shape[0] for w in wanted]}"
             )
-        bce_sum = sum((bce_per_mask(p.float(), w.to(p.device)).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
-        dice_sum = sum((dice_per_mask(p.float(), w.to(p.device)).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
+        bce_sum = sum((bce_per_mask(p.float(), w.to(p.device).float()).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
+        dice_sum = sum((dice_per_mask(p.float(), w.to(p.device).float()).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
         num_seg = sum(p.shape[0] for p in mask_logits)
         if self.cfg.mask_loss_normalization == "seg_only":
             return bce_sum / max(num_seg, 1), dice_sum / max(num_seg, 1)
@@ -172,7 +175,7 @@ class GsvaModel(nn.Module):
     def predict_teacher_forced(self, batch: GsvaBatch) -> list[SlotPredictions]:
         """The paper's protocol, both passes stacked into one forward of 2N conversations."""
         rows = batch.input_ids.shape[0]
-        image_embeddings = self.encode_sam_images(batch.sam_images)
+        image_embeddings = self.encode_sam_images(batch)
         stacked = torch.cat([batch.input_ids, self._all_seg_inputs(batch.input_ids)])
         spliced, hidden = self._hidden_states(batch, stacked, batch.conv_to_image.repeat(2))
         before_slot = self._is_slot(spliced.token_ids[:, 1:])
@@ -208,7 +211,7 @@ class GsvaModel(nn.Module):
         generated slot token gets a mask from the hidden state that produced it; slots are
         matched to expressions in order, and missing slots count as rejected parse failures.
         """
-        image_embeddings = self.encode_sam_images(batch.sam_images)
+        image_embeddings = self.encode_sam_images(batch)
         answer_start = (batch.labels != IGNORE_INDEX).long().argmax(1)
         prompt_mask = batch.attention_mask & (torch.arange(batch.input_ids.shape[1], device=answer_start.device) < answer_start.unsqueeze(1))
         image_features = self.mllm.encode_images(batch.clip_images)

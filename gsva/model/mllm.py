@@ -24,6 +24,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from gsva.config import TinyDims
+from gsva.model.pixels import normalize_clip_images
 from gsva.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
@@ -81,8 +82,9 @@ class LlavaModel(nn.Module):
         return self.language_model.config.hidden_size
 
     def encode_images(self, clip_images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, C, C) -> (B, P, D) projected patch features of layer ``select_layer`` (no CLS)."""
-        outputs = self.vision_tower(pixel_values=clip_images, output_hidden_states=True)
+        """(B, 3, C, C) uint8 -> (B, P, D) projected patch features of layer ``select_layer`` (no CLS)."""
+        pixels = normalize_clip_images(clip_images).to(self.vision_tower.dtype)
+        outputs = self.vision_tower(pixel_values=pixels, output_hidden_states=True)
         patches = outputs.hidden_states[self.select_layer][:, 1:]
         return self.mm_projector(patches)
 

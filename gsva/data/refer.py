@@ -89,7 +89,7 @@ def parse_ann_ids(value: Any, where: str) -> tuple[int, ...]:
     return tuple(raw_ids)
 
 
-class GRefCocoIndex:
+class ReferIndex:
     """In-memory index over one gRefCOCO style dataset (JSON loaded once)."""
 
     def __init__(self, dataset_root: Path | str, dataset: str = "grefcoco", split_by: str = "unc") -> None:

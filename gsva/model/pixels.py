@@ -1,0 +1,36 @@
+"""Pixel normalisation of the uint8 images of a batch, done on the device.
+
+SAM: subtract SAM's pixel mean, divide by its std, and zero everything outside the resized image
+(SAM pads the NORMALISED image with zeros). CLIP: scale to [0, 1] and normalise with the CLIP
+image processor's statistics (those of ``openai/clip-vit-large-patch14``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _channel_vector(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=like.device).view(1, 3, 1, 1)
+
+
+def normalize_sam_images(images: torch.Tensor, resized_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """images: (B, 3, S, S) uint8, zero-padded bottom-right -> (B, 3, S, S) float32 SAM input."""
+    normalised = (images.float() - _channel_vector(SAM_PIXEL_MEAN, images)) / _channel_vector(SAM_PIXEL_STD, images)
+    size = images.shape[-1]
+    positions = torch.arange(size, device=images.device)
+    heights = torch.tensor([h for h, _ in resized_sizes], device=images.device)
+    widths = torch.tensor([w for _, w in resized_sizes], device=images.device)
+    inside = (positions.view(1, size, 1) < heights.view(-1, 1, 1)) & (positions.view(1, 1, size) < widths.view(-1, 1, 1))
+    return normalised * inside.unsqueeze(1)
+
+
+def normalize_clip_images(images: torch.Tensor) -> torch.Tensor:
+    """images: (B, 3, C, C) uint8 -> (B, 3, C, C) float32 CLIP input."""
+    scaled = images.float() / 255.0
+    return (scaled - _channel_vector(CLIP_MEAN, images)) / _channel_vector(CLIP_STD, images)
