@@ -17,9 +17,11 @@ from pathlib import Path
 from gsva.config import load_config
 from gsva.data.refer import ReferIndex
 from gsva.data.prompts import EVAL_QUESTIONS, resolve_eval_question
+from gsva.data.sample_builder import SampleBuilder
 from gsva.engine.distributed import init_distributed
 from gsva.engine.evaluator import PROTOCOLS, EvalSettings
 from gsva.engine.report import evaluate_split
+from gsva.engine.trainer import sample_settings
 from gsva.metrics import VARIANTS
 from gsva.model.build import build_gsva
 from gsva.model.weights import load_trainable_weights, resolve_weights_file
@@ -62,11 +64,9 @@ def main() -> None:
         visualize=args.visualize,
         output_dir=output_dir,
     )
-    index = ReferIndex(Path(cfg.data.dataset_dir), cfg.data.dataset, cfg.data.split_by)
-    evaluate_split(
-        model.to(device), tokenizer, prompts, index, args.split, (cfg.data.sam_image_size, cfg.data.clip_image_size),
-        settings, device, variant=args.metric_variant,
-    )
+    index = ReferIndex(Path(cfg.data.dataset_dir), cfg.data.eval_dataset)
+    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    evaluate_split(model.to(device), builder, index, args.split, settings, device, variant=args.metric_variant)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ import argparse
 import logging
 
 from gsva.config import load_config
+from gsva.data.refer import ReferIndex
+from gsva.data.sample_builder import SampleBuilder
 from gsva.engine.evaluator import EvalSettings
 from gsva.engine.report import evaluate_split
-from gsva.engine.trainer import train
+from gsva.engine.trainer import sample_settings, train
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,9 +47,10 @@ def main() -> None:
         visualize=run_cfg.run.num_visualizations,
         output_dir=f"{run_cfg.run.output_dir}/eval_{run_cfg.data.eval_split}",
     )
+    builder = SampleBuilder(result.tokenizer, result.prompts, sample_settings(run_cfg))
+    index = ReferIndex(run_cfg.data.dataset_dir, run_cfg.data.eval_dataset)
     evaluate_split(
-        result.model, result.tokenizer, result.prompts, result.index, run_cfg.data.eval_split,
-        (run_cfg.data.sam_image_size, run_cfg.data.clip_image_size), settings, result.device,
+        result.model, builder, index, run_cfg.data.eval_split, settings, result.device,
         writer=result.writer, step=result.steps,
     )
 

@@ -18,6 +18,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from gsva.catalog import DATASET_TASKS, TASKS
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or inconsistent."""
@@ -52,13 +54,26 @@ class SyntheticConfig:
 
 
 @dataclass
+class TaskConfig:
+    """One task of the training mixture: its sampling weight and its datasets (drawn uniformly)."""
+
+    weight: float = 1.0
+    datasets: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DataConfig:
     dataset_dir: str = "data/synthetic"
-    dataset: Literal["grefcoco"] = "grefcoco"
-    split_by: str = "unc"
+    tasks: dict[str, TaskConfig] = field(
+        default_factory=lambda: {"refer_seg": TaskConfig(weight=1.0, datasets=["grefcoco"])}
+    )
     train_split: str = "train"
+    eval_dataset: str = "grefcoco"
     eval_split: str = "val"
     num_classes_per_sample: int = 5
+    absent_class_rate: float = 0.0
+    single_target_rate: float = 0.0
+    explanatory_rate: float = 0.0
     conversation: Literal["llava_v1", "llava_llama_2"] = "llava_v1"
     sam_image_size: int = 1024
     clip_image_size: int = 224
@@ -97,6 +112,7 @@ class ModelConfig:
     vision_tower_path: Optional[str] = None
     sam_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
     sam_checkpoint: Optional[str] = None
+    init_weights: Optional[str] = None
     tiny: TinyDims = field(default_factory=TinyDims)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -240,6 +256,7 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that no single type annotation can express."""
     if cfg.data.num_classes_per_sample < 1:
         raise ConfigError("data.num_classes_per_sample must be >= 1")
+    _validate_tasks(cfg.data)
     if cfg.model.sam_type != "tiny" and cfg.model.sam_checkpoint is None and not cfg.components.enabled:
         raise ConfigError(
             f"model.sam_checkpoint is required for model.sam_type={cfg.model.sam_type!r} "
@@ -251,21 +268,75 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.zero_stage: {cfg.optim.zero_stage} not supported; expected 0, 1 or 2")
 
 
+def _validate_tasks(data: DataConfig) -> None:
+    if not data.tasks:
+        raise ConfigError("data.tasks is empty; name at least one task with its datasets")
+    for task, spec in data.tasks.items():
+        if task not in TASKS:
+            raise ConfigError(f"data.tasks.{task}: unknown task; expected one of {list(TASKS)}")
+        if spec.weight <= 0:
+            raise ConfigError(f"data.tasks.{task}.weight must be > 0, got {spec.weight}")
+        if not spec.datasets:
+            raise ConfigError(f"data.tasks.{task}.datasets is empty")
+        for name in spec.datasets:
+            if DATASET_TASKS.get(name) != task:
+                known = sorted(dataset for dataset, owner in DATASET_TASKS.items() if owner == task)
+                raise ConfigError(f"data.tasks.{task}.datasets: {name!r} is not a {task} dataset; expected one of {known}")
+    if DATASET_TASKS.get(data.eval_dataset) != "refer_seg":
+        known = sorted(dataset for dataset, task in DATASET_TASKS.items() if task == "refer_seg")
+        raise ConfigError(f"data.eval_dataset: {data.eval_dataset!r} is not a referring dataset; expected one of {known}")
+    for key in ("absent_class_rate", "single_target_rate", "explanatory_rate"):
+        value = getattr(data, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.{key} must be within [0, 1], got {value}")
+
+
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML file (or the defaults when ``path`` is None) and apply ``key.sub=value`` overrides."""
+def _merge(cls: type, base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: sections (dataclass fields) merge key by key; every other value,
+    mappings such as ``data.tasks`` included, is replaced as a whole."""
+    hints = typing.get_type_hints(cls)
+    merged = dict(base)
+    for key, value in override.items():
+        annotation = hints.get(key)
+        if dataclasses.is_dataclass(annotation) and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(annotation, merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of ``path`` on top of the files its ``base:`` key names (relative paths,
+    one or a list, applied in order)."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, chain + (path,)))}")
+    if not path.is_file():
+        where = f" (named as base by {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    bases = loaded.pop("base", [])
     tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded or {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        tree = _merge(Config, tree, _read_tree(path.parent / base, chain + (path,)))
+    return _merge(Config, tree, loaded)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or the defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
+
+    A file may start from others with ``base: other.yaml`` (or a list): its sections are merged
+    over theirs, key by key.
+    """
+    tree = _read_tree(Path(path)) if path is not None else {}
     for override in overrides or []:
         _apply_override(tree, override)
     cfg = _build(Config, tree)

@@ -1,7 +1,7 @@
 import pytest
 
 from gsva.config import ConfigError, load_config
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import TINY_CONFIG
 
 
 def test_tiny_config_loads_with_overrides():
@@ -35,17 +35,3 @@ def test_malformed_override():
 def test_published_sam_needs_a_checkpoint():
     with pytest.raises(ConfigError, match="sam_checkpoint is required"):
         load_config(None, ["model.sam_type=vit_h"])
-
-
-def test_pretrain_recipe_matches_table_a3():
-    cfg = load_config(REPO / "configs" / "pretrain" / "gsva_vicuna7b.yaml")
-    assert cfg.model.lora_r == 8
-    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"]
-    assert cfg.optim.lr == 3e-4 and cfg.optim.weight_decay == 0.0 and cfg.optim.grad_clip == 1.0
-    assert cfg.optim.micro_batch_size * cfg.optim.grad_accum_steps == 20
-    assert cfg.optim.warmup_steps == 100 and cfg.schedule.steps == 50000
-    assert cfg.optim.zero_stage == 2 and cfg.model.precision == "bf16"
-    assert (cfg.model.ce_loss_weight, cfg.model.bce_loss_weight, cfg.model.dice_loss_weight) == (1.0, 2.0, 0.5)
-    assert cfg.model.sam_type == "vit_h" and cfg.data.sam_image_size == 1024 and cfg.data.clip_image_size == 224
-    assert cfg.data.num_classes_per_sample == 5
-

@@ -1,12 +1,14 @@
 """The full GSVA model at tiny sizes: losses, gradients, slot bookkeeping, inference protocols."""
 
 import math
+import random
 
 import pytest
 import torch
 
 from gsva.data.refer import ReferIndex
-from gsva.data.gres_dataset import GresDataset
+from gsva.data.refer_seg_dataset import ReferSegDataset
+from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator
 from gsva.model.build import build_gsva
 from gsva.model.losses import rejected_row_losses
@@ -15,12 +17,10 @@ from tests.conftest import tiny_config
 
 
 def make_batch(cfg, tokenizer, prompts, split="train", items=(0, 1), train=True):
-    index = ReferIndex(cfg.data.dataset_dir)
-    dataset = GresDataset(
-        index, split, tokenizer, prompts, cfg.data.sam_image_size, cfg.data.clip_image_size,
-        train=train, num_classes_per_sample=5, seed=0,
-    )
-    return Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)([dataset[i] for i in items]), dataset
+    settings = SampleSettings(sam_image_size=cfg.data.sam_image_size, clip_image_size=cfg.data.clip_image_size)
+    dataset = ReferSegDataset(ReferIndex(cfg.data.dataset_dir), split, SampleBuilder(tokenizer, prompts, settings), train)
+    samples = [dataset.sample(i, random.Random(i)) if train else dataset[i] for i in items]
+    return Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)(samples), dataset
 
 
 @pytest.mark.parametrize("lora_r", [4, 0, -1])

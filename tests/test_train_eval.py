@@ -9,9 +9,11 @@ import sys
 import pytest
 import torch
 
+from gsva.data.refer import ReferIndex
+from gsva.data.sample_builder import SampleBuilder
 from gsva.engine.evaluator import EvalSettings
 from gsva.engine.report import evaluate_split
-from gsva.engine.trainer import train
+from gsva.engine.trainer import sample_settings, train
 from gsva.model.build import build_gsva
 from tests.conftest import REPO, tiny_config
 
@@ -24,7 +26,6 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
         f"run.output_dir={tmp_path / 'run'}", "schedule.steps=60", "run.log_every=5",
         "optim.micro_batch_size=4", "optim.warmup_steps=5", "optim.lr=2e-3",
     )
-    sizes = (cfg.data.sam_image_size, cfg.data.clip_image_size)
     torch.manual_seed(0)
     tokenizer, untrained, prompts = build_gsva(cfg)
     result = train(cfg)
@@ -33,8 +34,11 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
     settings = EvalSettings(batch_size=4, output_dir=str(tmp_path / "eval"), visualize=2)
-    trained_report = evaluate_split(result.model, result.tokenizer, result.prompts, result.index, "val", sizes, settings, result.device)
-    untrained_report = evaluate_split(untrained, tokenizer, prompts, result.index, "val", sizes, EvalSettings(batch_size=4), result.device)
+    index = ReferIndex(cfg.data.dataset_dir, cfg.data.eval_dataset)
+    trained_builder = SampleBuilder(result.tokenizer, result.prompts, sample_settings(cfg))
+    trained_report = evaluate_split(result.model, trained_builder, index, "val", settings, result.device)
+    untrained_builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    untrained_report = evaluate_split(untrained, untrained_builder, index, "val", EvalSettings(batch_size=4), result.device)
     assert trained_report["metrics"]["gres"]["giou"] > untrained_report["metrics"]["gres"]["giou"] + 0.1
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
 

@@ -1,15 +1,21 @@
-"""Question and answer phrasings of GSVA prompts.
+"""Question and answer phrasings of GSVA prompts, and the settings that render them.
 
-A prompt names several referring expressions joined with commas; the answer has one slot per
-expression, in the same order: ``"Sure, left dog: [SEG], cow: [REJ]."``. Training draws the
-phrasing at random; evaluation uses a named, fixed question (``--question-template``).
+A generalized prompt names several targets joined with commas; the answer has one slot per
+target, in the same order: ``"Sure, left dog: [SEG], cow: [REJ]."``. A sample with a single
+existing target may instead use the classic single-``[SEG]`` phrasing that LLaVA-based
+segmentation models were first trained with ("Can you segment the dog in this image?" ->
+"Sure, [SEG]."); long reasoning queries are asked as they are ("{sentence} Please output the
+segmentation mask."). Training draws the phrasing at random; evaluation uses a named, fixed
+question (``--question-template``).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
-from gsva.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
+from gsva.data.conversation import ConversationTemplate
+from gsva.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
 
 TRAIN_QUESTIONS = (
     "Please segment {objs} in this image.",
@@ -31,6 +37,57 @@ ANSWERS = (
     "{slots}.",
     "Sure, the result is {slots}.",
 )
+
+SINGLE_TARGET_QUESTIONS = (
+    "Can you segment the {obj} in this image?",
+    "Please segment the {obj} in this image.",
+    "What is {obj} in this image? Please respond with a segmentation mask.",
+    "What is {obj} in this image? Please output the segmentation mask.",
+)
+"""Classic single-target phrasing; ``{obj}`` is a short expression or class name."""
+
+SENTENCE_QUESTIONS = (
+    "{sentence} Please respond with a segmentation mask.",
+    "{sentence} Please output the segmentation mask.",
+)
+"""Phrasing of a long query that is a whole sentence (reasoning segmentation)."""
+
+EXPLAIN_SUFFIXES = (
+    " Please output the segmentation mask and explain why.",
+    " Please output the segmentation mask and explain the reason.",
+)
+"""Replace the closing request of a sentence question when the answer carries an explanation."""
+
+SINGLE_ANSWERS = (
+    "It is {slot}.",
+    "Sure, {slot}.",
+    "Sure, it is {slot}.",
+    "Sure, the segmentation result is {slot}.",
+    "{slot}.",
+)
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """How prompts are rendered for one model: its conversation template and slot tokens."""
+
+    template: ConversationTemplate
+    seg_tokens: list[str]
+    """Token of each slot position: one shared ``[SEG]``, or the individual ones (slot i uses i mod N)."""
+    use_im_start_end: bool
+    use_rej_token: bool = True
+    """False = the LISA baseline: absent targets are left out of training prompts, and every
+    evaluation slot is answered ``[SEG]`` (the model never rejects)."""
+    eval_question: str = "Please segment {objs} in this image."
+
+    @property
+    def image_marker(self) -> str:
+        if self.use_im_start_end:
+            return IM_START_TOKEN + IMAGE_PLACEHOLDER + IM_END_TOKEN
+        return IMAGE_PLACEHOLDER
+
+    def slot_tokens(self, count: int) -> list[str]:
+        return [self.seg_tokens[index % len(self.seg_tokens)] for index in range(count)]
 
 
 def format_slots(expressions: list[str], exists: list[bool], seg_tokens: list[str] | None = None) -> str:

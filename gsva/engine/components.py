@@ -35,7 +35,7 @@ from gsva.data.conversation import get_template
 from gsva.data.refer import ReferIndex
 from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
 from gsva.data.samples import pad_sam_images, pad_sequences
-from gsva.data.synthetic import attributes_path
+from gsva.data.synthetic import DATASET_NAME, attributes_path
 from gsva.data.tokenize import tokenize_conversation
 from gsva.data.tokenizer import train_tiny_bpe
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
@@ -87,7 +87,7 @@ def load_colour_data(cfg: Config) -> ColourData:
     root = Path(cfg.data.dataset_dir)
     attributes = json.loads(attributes_path(root).read_text())
     colours = list(attributes["spec"]["colours"])
-    index = ReferIndex(root, cfg.data.dataset, cfg.data.split_by)
+    index = ReferIndex(root, DATASET_NAME)
     sam_images, clip_images, masks, present = [], [], [], []
     resized_size = original_size = (0, 0)
     for image_id in tqdm(index.image_ids(cfg.data.train_split), desc="load images", leave=False):

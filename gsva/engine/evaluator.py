@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from gsva.data.gres_dataset import GresDataset
+from gsva.data.refer_seg_dataset import ReferSegDataset
 from gsva.data.samples import Collator
 from gsva.data.transforms import read_rgb
 from gsva.engine.distributed import gather_objects, is_main, rank, world_size
@@ -43,7 +43,7 @@ class EvalSettings:
 
 
 def _score_conversation(
-    dataset: GresDataset, batch, conv: int, rejected: list[bool], masks: torch.Tensor, extra: dict[str, Any]
+    dataset: ReferSegDataset, batch, conv: int, rejected: list[bool], masks: torch.Tensor, extra: dict[str, Any]
 ) -> list[dict[str, Any]]:
     meta = batch.metadata[conv]
     targets = batch.target_masks[conv] > 0
@@ -82,7 +82,7 @@ def _write_overlays(batch, conv: int, rejected: list[bool], masks: torch.Tensor,
 @torch.no_grad()
 def run_evaluation(
     model: GsvaModel,
-    dataset: GresDataset,
+    dataset: ReferSegDataset,
     settings: EvalSettings,
     device: torch.device,
     tokenizer=None,
@@ -97,7 +97,7 @@ def run_evaluation(
         shard,
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
-        collate_fn=Collator(dataset.tokenizer.pad_token_id, dataset.sam_image_size),
+        collate_fn=Collator(dataset.builder.pad_token_id, dataset.builder.settings.sam_image_size),
     )
     overlay_dir = Path(settings.output_dir) / "overlays" if settings.output_dir else None
     overlays_left = settings.visualize if is_main() else 0

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from gsva.data.gres_dataset import GresDataset, PromptSettings
 from gsva.data.refer import ReferIndex
+from gsva.data.refer_seg_dataset import ReferSegDataset
+from gsva.data.sample_builder import SampleBuilder
 from gsva.engine.distributed import is_main
 from gsva.engine.evaluator import EvalSettings, run_evaluation, summarize, write_json_atomic, write_records
 from gsva.metrics import format_metrics_table
@@ -20,11 +21,9 @@ from gsva.model.gsva import GsvaModel
 
 def evaluate_split(
     model: GsvaModel,
-    tokenizer,
-    prompts: PromptSettings,
+    builder: SampleBuilder,
     index: ReferIndex,
     split: str,
-    image_sizes: tuple[int, int],
     settings: EvalSettings,
     device: torch.device,
     variant: str = "gres",
@@ -32,14 +31,12 @@ def evaluate_split(
     step: int = 0,
 ) -> dict[str, Any] | None:
     """Score ``split``; rank 0 prints and writes the report and returns it (others return None)."""
-    dataset = GresDataset(
-        index, split, tokenizer, prompts, image_sizes[0], image_sizes[1], train=False, num_classes_per_sample=10**6
-    )
-    records = run_evaluation(model, dataset, settings, device, tokenizer)
+    dataset = ReferSegDataset(index, split, builder, train=False)
+    records = run_evaluation(model, dataset, settings, device, builder.tokenizer)
     if not is_main():
         return None
     summary = summarize(records)
-    summary.update({"split": split, "protocol": settings.protocol, "question": prompts.eval_question, "settings": asdict(settings)})
+    summary.update({"split": split, "protocol": settings.protocol, "question": builder.prompts.eval_question, "settings": asdict(settings)})
     rows = {
         f"GSVA ({settings.protocol})": summary["metrics"][variant],
         "baseline: always [REJ]": summary["baselines"]["always_rej"],

@@ -27,15 +27,19 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from gsva.batch import GsvaBatch
 from gsva.config import Config, config_to_dict
-from gsva.data.refer import ReferIndex
-from gsva.data.gres_dataset import GresDataset, PromptSettings
+from gsva.data.mixture import FullPassSampler, FullPassStream, MixtureSampler, MixtureStream
+from gsva.data.prompts import PromptSettings
+from gsva.data.registry import open_training_dataset
+from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator
 from gsva.data.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
 from gsva.engine.components import ComponentPaths, prepare_components
 from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
 from gsva.model.build import build_gsva
 from gsva.model.gsva import GsvaModel
+from gsva.model.weights import load_trainable_weights
 
 LOGGER = logging.getLogger(__name__)
 SAM_SIDE = ("visual_model.", "query_projector.")
@@ -48,7 +52,6 @@ class TrainResult:
     model: GsvaModel
     tokenizer: PreTrainedTokenizerBase
     prompts: PromptSettings
-    index: ReferIndex
     device: torch.device
     steps: int
     history: list[dict[str, float]]
@@ -125,36 +128,58 @@ def warmup_linear_decay(warmup_steps: int, total_steps: int):
     return multiplier
 
 
-def batches(dataset: GresDataset, cfg: Config, start_epoch: int, skip: int) -> Iterator[tuple[int, Any]]:
-    """Endless (epoch, batch) stream: a seeded permutation per epoch, sharded by rank, with the
-    first ``skip`` batches of ``start_epoch`` skipped (resume) without loading them."""
-    epoch = start_epoch
-    per_rank = len(dataset) // world_size()
-    while True:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
-        mine = order[rank() :: world_size()][:per_rank].tolist()
-        size = cfg.optim.micro_batch_size
-        chunks = [mine[i : i + size] for i in range(0, per_rank - size + 1, size)]
-        dataset.set_epoch(epoch)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=chunks[skip:],
-            num_workers=cfg.data.num_workers,
-            collate_fn=Collator(dataset.tokenizer.pad_token_id, cfg.data.sam_image_size),
-        )
-        for batch in loader:
-            yield epoch, batch
-        epoch, skip = epoch + 1, 0
+def sample_settings(cfg: Config) -> SampleSettings:
+    data = cfg.data
+    return SampleSettings(
+        sam_image_size=data.sam_image_size,
+        clip_image_size=data.clip_image_size,
+        max_tokens=data.model_max_length,
+        num_classes_per_sample=data.num_classes_per_sample,
+        absent_class_rate=data.absent_class_rate,
+        single_target_rate=data.single_target_rate,
+        explanatory_rate=data.explanatory_rate,
+    )
 
 
-def batches_per_epoch(dataset: GresDataset, cfg: Config) -> int:
-    return (len(dataset) // world_size()) // cfg.optim.micro_batch_size
-
-
-def total_optimizer_steps(dataset: GresDataset, cfg: Config) -> int:
+def training_stream(cfg: Config, builder: SampleBuilder) -> MixtureStream | FullPassStream:
+    """``schedule.mode: steps`` -> the weighted task mixture; ``epochs`` -> full passes over
+    every listed dataset (the tasks' weights then play no role)."""
+    tasks = {
+        task: [open_training_dataset(name, cfg.data.dataset_dir, cfg.data.train_split, builder) for name in spec.datasets]
+        for task, spec in cfg.data.tasks.items()
+    }
+    for task, datasets in tasks.items():
+        LOGGER.info("task %s: %s", task, ", ".join(f"{d.name} ({len(d)} images)" for d in datasets))
     if cfg.schedule.mode == "steps":
+        return MixtureStream(tasks, {task: spec.weight for task, spec in cfg.data.tasks.items()}, cfg.run.seed)
+    return FullPassStream([dataset for datasets in tasks.values() for dataset in datasets], cfg.run.seed)
+
+
+def training_sampler(stream: MixtureStream | FullPassStream, cfg: Config, start_micro_step: int) -> MixtureSampler | FullPassSampler:
+    """This rank's endless micro-batches of keys, from ``start_micro_step`` (resume)."""
+    size = cfg.optim.micro_batch_size
+    if isinstance(stream, MixtureStream):
+        return MixtureSampler(size, rank(), world_size(), start_micro_step)
+    return FullPassSampler(len(stream), size, rank(), world_size(), cfg.run.seed, start_micro_step)
+
+
+def training_batches(
+    stream: MixtureStream | FullPassStream, sampler: MixtureSampler | FullPassSampler, cfg: Config, builder: SampleBuilder
+) -> Iterator[GsvaBatch]:
+    loader = DataLoader(
+        stream,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=Collator(builder.pad_token_id, cfg.data.sam_image_size),
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    return iter(loader)
+
+
+def total_optimizer_steps(sampler: MixtureSampler | FullPassSampler, cfg: Config) -> int:
+    if isinstance(sampler, MixtureSampler):
         return cfg.schedule.steps
-    return math.ceil(cfg.schedule.epochs * batches_per_epoch(dataset, cfg) / cfg.optim.grad_accum_steps)
+    return math.ceil(cfg.schedule.epochs * sampler.batches_per_epoch / cfg.optim.grad_accum_steps)
 
 
 def save_trainable_weights(model: GsvaModel, cfg: Config, directory: Path) -> Path:
@@ -198,12 +223,12 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     output_dir = Path(cfg.run.output_dir)
     cfg = prepare_inputs(cfg)
     tokenizer, model, prompts = build_gsva(cfg)
-    index = ReferIndex(cfg.data.dataset_dir, cfg.data.dataset, cfg.data.split_by)
-    dataset = GresDataset(
-        index, cfg.data.train_split, tokenizer, prompts, cfg.data.sam_image_size, cfg.data.clip_image_size,
-        train=True, num_classes_per_sample=cfg.data.num_classes_per_sample, seed=cfg.run.seed,
-    )
-    total_steps = total_optimizer_steps(dataset, cfg)
+    if cfg.model.init_weights is not None:
+        load_trainable_weights(model, cfg.model.init_weights)
+        LOGGER.info("started from the weights in %s", cfg.model.init_weights)
+    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    stream = training_stream(cfg, builder)
+    total_steps = total_optimizer_steps(training_sampler(stream, cfg, 0), cfg)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=parameter_groups(model, cfg),
@@ -213,26 +238,25 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         ),
     )
     checkpoint_dir = output_dir / "checkpoints"
-    micro_step, start_epoch, skip = 0, 0, 0
+    micro_step = 0
     if resume is not None:
         load_dir, tag = resolve_resume(checkpoint_dir if resume == "auto" else Path(resume))
         path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_dir}")
-        micro_step, start_epoch, skip = client_state["micro_step"], client_state["epoch"], client_state["batch_in_epoch"]
+        micro_step = client_state["micro_step"]
         LOGGER.info("resumed from %s at optimizer step %d", path, engine.global_steps)
 
     writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
     output_dir.mkdir(parents=True, exist_ok=True)
-    per_epoch = batches_per_epoch(dataset, cfg)
     total_micro = total_steps * cfg.optim.grad_accum_steps
-    stream = batches(dataset, cfg, start_epoch, skip)
+    batches = training_batches(stream, training_sampler(stream, cfg, micro_step), cfg, builder)
     progress = tqdm(total=total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
     window: dict[str, list[float]] = {"total": [], "ce": [], "bce": [], "dice": []}
     history: list[dict[str, float]] = []
     tick = time.time()
     while micro_step < total_micro:
-        epoch, batch = next(stream)
+        batch = next(batches)
         losses = engine(batch.to(device))
         engine.backward(losses.total)
         engine.step()
@@ -263,11 +287,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
             window = {key: [] for key in window}
             tick = time.time()
         if step % cfg.schedule.save_every == 0 or step == total_steps:
-            client_state = {
-                "micro_step": micro_step,
-                "epoch": micro_step // per_epoch,
-                "batch_in_epoch": micro_step % per_epoch,
-            }
+            client_state = {"micro_step": micro_step}
             engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client_state)
             if is_main():
                 prune_checkpoints(checkpoint_dir, cfg.schedule.keep_last)
@@ -279,6 +299,6 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
             writer.flush()
     barrier()
     return TrainResult(
-        cfg=cfg, model=engine.module, tokenizer=tokenizer, prompts=prompts, index=index, device=device,
+        cfg=cfg, model=engine.module, tokenizer=tokenizer, prompts=prompts, device=device,
         steps=engine.global_steps, history=history, weights=final_dir / "model.safetensors", writer=writer,
     )

@@ -7,7 +7,7 @@ from transformers import PreTrainedTokenizerBase
 
 from gsva.config import Config
 from gsva.data.conversation import get_template
-from gsva.data.gres_dataset import PromptSettings
+from gsva.data.prompts import PromptSettings
 from gsva.data.tokenizer import add_task_tokens, load_tokenizer, task_token_strings
 from gsva.model.gsva import GsvaModel, SlotTokenIds
 from gsva.model.mllm import build_tiny_llava, load_llava
@@ -62,6 +62,9 @@ def _build(cfg: Config) -> tuple[PreTrainedTokenizerBase, GsvaModel, PromptSetti
     if model_cfg.gradient_checkpointing:
         model.mllm.language_model.activation_checkpointing_enable()
     prompts = PromptSettings(
-        template=get_template(cfg.data.conversation), seg_tokens=seg_tokens, use_im_start_end=llava.use_im_start_end
+        template=get_template(cfg.data.conversation),
+        seg_tokens=seg_tokens,
+        use_im_start_end=llava.use_im_start_end,
+        use_rej_token=model_cfg.use_rej_token,
     )
     return tokenizer, model.to(dtype), prompts

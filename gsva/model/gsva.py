@@ -182,8 +182,11 @@ class GsvaModel(nn.Module):
         first, second = before_slot[:rows], before_slot[rows:]
         truth = spliced.token_ids[:rows, 1:][first]
         argmax = self.mllm.lm_logits(hidden[:rows, :-1][first]).argmax(-1)
-        truth_is_rej = truth == self.token_ids.rej_id
-        rejected = torch.where(argmax == truth, truth_is_rej, ~truth_is_rej)
+        if self.token_ids.rej_id is None:
+            rejected = torch.zeros_like(truth, dtype=torch.bool)  # no [REJ]: every slot gets its mask
+        else:
+            truth_is_rej = truth == self.token_ids.rej_id
+            rejected = torch.where(argmax == truth, truth_is_rej, ~truth_is_rej)
         query_conv = second.nonzero()[:, 0]
         mask_groups = self._masks_from_states(
             hidden[rows:, :-1][second], batch.conv_to_image[query_conv], image_embeddings, batch

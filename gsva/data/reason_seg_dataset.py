@@ -1,0 +1,39 @@
+"""Reasoning segmentation samples (ReasonSeg): one query, one ``[SEG]``.
+
+A query that is a whole sentence is asked as it is; a short one (``is_sentence`` false) is asked
+like any single target. At ``explanatory_rate`` a sentence query whose image has an explanation
+asks for it, and the answer carries it after the ``[SEG]``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from gsva.data.reason_seg import ReasonSegIndex
+from gsva.data.sample_builder import SampleBuilder, SlotTarget
+from gsva.data.samples import ImageSample
+
+
+class ReasonSegDataset:
+    """Training samples of one ReasonSeg split."""
+
+    task = "reason_seg"
+    name = "reason_seg"
+
+    def __init__(self, index: ReasonSegIndex, builder: SampleBuilder) -> None:
+        self.index = index
+        self.builder = builder
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def sample(self, item: int, rng: random.Random) -> ImageSample:
+        entry = self.index[item]
+        image = self.builder.read_image(entry.image_path)
+        mask = self.index.read_mask(entry, image.shape[0], image.shape[1])
+        text = rng.choice(entry.texts)
+        metadata = {"dataset": self.name, "image_path": str(entry.image_path), "kinds": ["single"]}
+        if not entry.is_sentence:
+            return self.builder.segmentation(image, [SlotTarget(text=text, mask=mask, exists=True)], rng, metadata)
+        explain = entry.explanation is not None and rng.random() < self.builder.settings.explanatory_rate
+        return self.builder.sentence(image, text, mask, rng, entry.explanation if explain else None, metadata)

@@ -1,0 +1,181 @@
+"""From chosen targets (or dialogue turns) to an ``ImageSample``.
+
+The one place where a training or evaluation sample is phrased, tokenised and paired with its
+image and masks, whatever dataset it comes from. Datasets only decide WHICH targets a sample
+names; ``SampleBuilder`` decides how they are asked and answered:
+
+- ``segmentation``: several targets, one ``[SEG]``/``[REJ]`` slot each (GSVA's generalized
+  prompt); with one existing target it may use the classic single-``[SEG]`` phrasing;
+- ``sentence``: one long reasoning query answered by one ``[SEG]`` (optionally explained);
+- ``dialogue``: question/answer turns without any mask (VQA, language-modelling loss only).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from gsva.data.prompts import (
+    ANSWERS,
+    EXPLAIN_SUFFIXES,
+    SENTENCE_QUESTIONS,
+    SINGLE_ANSWERS,
+    SINGLE_TARGET_QUESTIONS,
+    PromptSettings,
+    format_slots,
+    question_text,
+    sample_train_phrasing,
+)
+from gsva.data.samples import ConversationSample, ImageSample
+from gsva.data.tokenize import TokenizedConversation, tokenize_conversation
+from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
+from gsva.special_tokens import IMAGE_PLACEHOLDER
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Knobs of the data path that do not depend on the dataset (``data.*`` in the config)."""
+
+    sam_image_size: int = 1024
+    clip_image_size: int = 224
+    max_tokens: int = 512
+    """Tokens per conversation before the image placeholder is expanded: dialogues are cut there,
+    a training segmentation prompt that does not fit is an error (its slots would be lost)."""
+    num_classes_per_sample: int = 5
+    """At most this many targets (slots) per training prompt."""
+    absent_class_rate: float = 0.0
+    """Semantic segmentation: chance that a sample also names absent classes (answered ``[REJ]``)."""
+    single_target_rate: float = 0.0
+    """Chance that a sample with exactly one target uses the classic single-``[SEG]`` phrasing."""
+    explanatory_rate: float = 0.0
+    """Reasoning segmentation: chance that an answer carries its explanation (when one exists)."""
+
+
+@dataclass(frozen=True)
+class SlotTarget:
+    """One answer slot: the text naming the target and its mask (all False when absent)."""
+
+    text: str
+    mask: np.ndarray
+    """(H, W) bool at the original image size."""
+    exists: bool
+
+
+class SampleBuilder:
+    """Phrases, tokenises and packs samples for one tokenizer and prompt style."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: PromptSettings, settings: SampleSettings) -> None:
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.settings = settings
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def read_image(self, path: Path | str, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 RGB; ``expected_size`` (H, W) from the annotations is checked."""
+        image = read_rgb(str(path))
+        if expected_size is not None and image.shape[:2] != tuple(expected_size):
+            raise ValueError(
+                f"{path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotations say "
+                f"{expected_size[1]}x{expected_size[0]}"
+            )
+        return image
+
+    # ----------------------------------------------------------------- sample kinds
+    def segmentation(
+        self, image: np.ndarray, targets: list[SlotTarget], rng: random.Random | None, metadata: dict[str, Any]
+    ) -> ImageSample:
+        """One conversation with a slot per target. ``rng`` None = evaluation (fixed question)."""
+        if rng is not None and not self.prompts.use_rej_token:
+            targets = [target for target in targets if target.exists]
+        texts = [target.text for target in targets]
+        exists = [target.exists for target in targets]
+        if rng is None:
+            answered = exists if self.prompts.use_rej_token else [True] * len(texts)
+            question = question_text(texts, self.prompts.eval_question, self.prompts.image_marker)
+            answer = ANSWERS[0].format(slots=format_slots(texts, answered, self.prompts.slot_tokens(len(texts))))
+        elif len(targets) == 1 and exists[0] and rng.random() < self.settings.single_target_rate:
+            question = self._with_image(rng.choice(SINGLE_TARGET_QUESTIONS).format(obj=texts[0]))
+            answer = rng.choice(SINGLE_ANSWERS).format(slot=self.prompts.slot_tokens(1)[0])
+        else:
+            question_template, answer_template = sample_train_phrasing(rng)
+            question = question_text(texts, question_template, self.prompts.image_marker)
+            answer = answer_template.format(slots=format_slots(texts, exists, self.prompts.slot_tokens(len(texts))))
+        tokens = self._tokenize([(question, answer)], "keep" if rng is None else "error", metadata)
+        masks = np.stack([target.mask for target in targets]).astype(np.uint8)
+        return self._image_sample(image, tokens, masks, exists, {**metadata, "expressions": texts})
+
+    def sentence(
+        self,
+        image: np.ndarray,
+        text: str,
+        mask: np.ndarray,
+        rng: random.Random,
+        explanation: str | None,
+        metadata: dict[str, Any],
+    ) -> ImageSample:
+        """A reasoning query answered with one ``[SEG]`` (+ its explanation when given)."""
+        question = rng.choice(SENTENCE_QUESTIONS).format(sentence=text)
+        answer = rng.choice(SINGLE_ANSWERS).format(slot=self.prompts.slot_tokens(1)[0])
+        if explanation is not None:
+            question = text + rng.choice(EXPLAIN_SUFFIXES)
+            answer = f"{answer} {explanation}"
+        tokens = self._tokenize([(self._with_image(question), answer)], "error", metadata)
+        return self._image_sample(image, tokens, mask[None].astype(np.uint8), [True], {**metadata, "expressions": [text]})
+
+    def dialogue(self, image: np.ndarray, turns: list[tuple[str, str]], metadata: dict[str, Any]) -> ImageSample:
+        """(question, answer) turns; the first question already holds the image placeholder."""
+        if self.prompts.use_im_start_end:
+            first, answer = turns[0]
+            turns = [(first.replace(IMAGE_PLACEHOLDER, self.prompts.image_marker, 1), answer), *turns[1:]]
+        tokens = self._tokenize(turns, "cut", metadata)
+        height, width = image.shape[:2]
+        masks = np.zeros((0, height, width), dtype=np.uint8)
+        return self._image_sample(image, tokens, masks, [], {**metadata, "expressions": []})
+
+    # ----------------------------------------------------------------- shared steps
+    def _with_image(self, question: str) -> str:
+        return f"{self.prompts.image_marker}\n{question}"
+
+    def _tokenize(
+        self, turns: list[tuple[str, str]], overflow: Literal["cut", "error", "keep"], metadata: dict[str, Any]
+    ) -> TokenizedConversation:
+        """Tokenise; beyond ``max_tokens`` a dialogue is cut, a training prompt is an error, and an
+        evaluation prompt is kept whole (every expression of the image must be asked)."""
+        tokens = tokenize_conversation(self.prompts.template.render(turns), self.tokenizer)
+        limit = self.settings.max_tokens
+        if len(tokens.input_ids) <= limit or overflow == "keep":
+            return tokens
+        if overflow == "error":
+            raise ValueError(
+                f"sample {metadata}: the prompt takes {len(tokens.input_ids)} tokens, more than "
+                f"data.model_max_length={limit}; raise it or lower data.num_classes_per_sample"
+            )
+        return TokenizedConversation(input_ids=tokens.input_ids[:limit], labels=tokens.labels[:limit])
+
+    def _image_sample(
+        self,
+        image: np.ndarray,
+        tokens: TokenizedConversation,
+        masks: np.ndarray,
+        exists: list[bool],
+        metadata: dict[str, Any],
+    ) -> ImageSample:
+        sam_image = sam_resize(image, self.settings.sam_image_size)
+        conversation = ConversationSample(
+            input_ids=tokens.input_ids, labels=tokens.labels, target_masks=masks, slot_exists=exists, metadata=metadata
+        )
+        return ImageSample(
+            sam_image=sam_image,
+            clip_image=clip_resize_crop(image, self.settings.clip_image_size),
+            original_size=(image.shape[0], image.shape[1]),
+            resized_size=(sam_image.shape[1], sam_image.shape[2]),
+            conversations=[conversation],
+        )

@@ -1,0 +1,75 @@
+"""Semantic segmentation samples (ADE20K, COCO-Stuff, Mapillary Vistas, PACO-LVIS, PASCAL-Part).
+
+A sample names up to ``num_classes_per_sample`` classes present in the image (each supervised
+with all its pixels) and, at ``absent_class_rate``, some classes of the dataset that are NOT in
+the image, answered ``[REJ]``. Present and absent classes are phrased from the same class list,
+so the wording never gives the answer away. Ignore labels never become targets.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from gsva.data.sample_builder import SampleBuilder, SlotTarget
+from gsva.data.samples import ImageSample
+from gsva.data.semseg import SemSegSource, phrase_class
+
+MAX_DRAWS_FOR_LABELLED_IMAGE = 20
+
+
+class SemSegDataset:
+    """Training samples of one semantic segmentation source."""
+
+    task = "sem_seg"
+
+    def __init__(self, source: SemSegSource, builder: SampleBuilder) -> None:
+        self.source = source
+        self.builder = builder
+        self.name = source.name
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def sample(self, item: int, rng: random.Random) -> ImageSample:
+        """A sample of image ``item``; an image without any labelled class (all ignore) is
+        replaced by another image drawn with ``rng`` (it has nothing to ask about)."""
+        for _ in range(MAX_DRAWS_FOR_LABELLED_IMAGE):
+            targets = self.source.read_targets(item)
+            if targets.class_ids:
+                break
+            item = rng.randrange(len(self.source))
+        else:
+            raise ValueError(
+                f"{self.name}: {MAX_DRAWS_FOR_LABELLED_IMAGE} images in a row had no labelled class; "
+                "check the label files (python scripts/check_data.py)"
+            )
+        limit = self.builder.settings.num_classes_per_sample
+        num_absent = 0
+        if rng.random() < self.builder.settings.absent_class_rate:
+            num_absent = rng.randint(1, max(1, limit // 2))
+        num_present = max(1, min(len(targets.class_ids), limit - num_absent))
+        present = rng.sample(targets.class_ids, num_present)
+        candidates = sorted(set(range(len(self.source.class_names))) - set(targets.class_ids) - set(self.source.ignored_class_ids))
+        absent = rng.sample(candidates, min(num_absent, len(candidates), limit - num_present))
+        empty = np.zeros((targets.height, targets.width), dtype=bool)
+        slots = [(class_id, True) for class_id in present] + [(class_id, False) for class_id in absent]
+        rng.shuffle(slots)
+        slot_targets = [
+            SlotTarget(
+                text=phrase_class(self.source.class_names[class_id], rng),
+                mask=targets.mask(class_id) if exists else empty,
+                exists=exists,
+            )
+            for class_id, exists in slots
+        ]
+        image_path = self.source.image_path(item)
+        image = self.builder.read_image(image_path, (targets.height, targets.width))
+        metadata = {
+            "dataset": self.name,
+            "image_path": str(image_path),
+            "class_ids": [class_id for class_id, _ in slots],
+            "kinds": ["single" if exists else "no-target" for _, exists in slots],
+        }
+        return self.builder.segmentation(image, slot_targets, rng, metadata)

@@ -1,0 +1,96 @@
+"""Every shipped recipe loads and its derived quantities are the paper's (Table A3, Appendix B)."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from gsva.config import ConfigError, load_config
+from gsva.data.mixture import FullPassSampler, MixtureSampler
+from gsva.engine.trainer import total_optimizer_steps
+from tests.conftest import REPO
+
+PAPER_GPUS = 8
+MODELS = {"vicuna7b": (8, "llava_v1"), "vicuna13b": (64, "llava_v1"), "llama2_13b": (64, "llava_llama_2")}
+RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def test_every_recipe_is_shipped():
+    names = {str(p.relative_to(REPO / "configs")) for p in RECIPES}
+    expected = {f"pretrain/gsva_{m}.yaml" for m in MODELS} | {f"finetune/grefcoco_{m}.yaml" for m in MODELS}
+    expected |= {f"finetune/classic_res_{m}.yaml" for m in MODELS} | {"tiny_synthetic.yaml"}
+    assert names == expected
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_recipe_loads(path: Path):
+    cfg = load_config(path)
+    assert cfg.data.num_classes_per_sample >= 1
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_pretrain_recipe(model: str):
+    cfg = load_config(REPO / "configs" / "pretrain" / f"gsva_{model}.yaml")
+    lora_rank, conversation = MODELS[model]
+    assert cfg.model.lora_r == lora_rank and cfg.data.conversation == conversation
+    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"]
+    assert cfg.optim.micro_batch_size * PAPER_GPUS * cfg.optim.grad_accum_steps == 160
+    assert cfg.optim.lr == 3e-4 and cfg.optim.weight_decay == 0.0 and cfg.optim.grad_clip == 1.0
+    assert cfg.optim.warmup_steps == 100 and cfg.optim.zero_stage == 2
+    assert total_optimizer_steps(MixtureSampler(2, 0, PAPER_GPUS), cfg) == 50000
+    assert (cfg.model.ce_loss_weight, cfg.model.bce_loss_weight, cfg.model.dice_loss_weight) == (1.0, 2.0, 0.5)
+    weights = {task: spec.weight for task, spec in cfg.data.tasks.items()}
+    assert weights == {"sem_seg": 9, "refer_seg": 6, "vqa": 3, "reason_seg": 1}
+    assert sorted(cfg.data.tasks["sem_seg"].datasets) == ["ade20k", "cocostuff", "mapillary", "paco_lvis", "pascal_part"]
+    assert sorted(cfg.data.tasks["refer_seg"].datasets) == ["grefcoco", "refclef", "refcoco", "refcoco+", "refcocog"]
+    assert cfg.data.num_classes_per_sample == 5 and cfg.model.seg_token_mode == "shared" and cfg.model.use_rej_token
+    assert cfg.model.sam_type == "vit_h" and cfg.data.sam_image_size == 1024 and cfg.data.clip_image_size == 224
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_grefcoco_finetune_recipe(model: str):
+    cfg = load_config(REPO / "configs" / "finetune" / f"grefcoco_{model}.yaml")
+    assert cfg.model.lora_r == MODELS[model][0]
+    assert {task: spec.datasets for task, spec in cfg.data.tasks.items()} == {"refer_seg": ["grefcoco"]}
+    assert cfg.optim.lr == 1e-4 and cfg.schedule.mode == "epochs" and cfg.schedule.epochs == 10
+    assert cfg.model.init_weights == f"runs/gsva_{model}/final"
+    # 10 full passes: with N training images on 8 GPUs x 2 per micro-step, accumulation 10.
+    images = 16994
+    steps = total_optimizer_steps(FullPassSampler(images, 2, 0, PAPER_GPUS, seed=0), cfg)
+    assert steps == math.ceil(10 * (images // PAPER_GPUS // 2) / 10)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_classic_res_finetune_recipe(model: str):
+    cfg = load_config(REPO / "configs" / "finetune" / f"classic_res_{model}.yaml")
+    assert cfg.model.lora_r == MODELS[model][0]
+    assert sorted(cfg.data.tasks["refer_seg"].datasets) == ["refclef", "refcoco", "refcoco+", "refcocog"]
+    assert list(cfg.data.tasks) == ["refer_seg"]
+    assert cfg.optim.lr == 1e-4 and cfg.schedule.mode == "steps" and cfg.schedule.steps == 50000
+
+
+def test_base_sections_merge_and_mappings_replace(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("model: {sam_type: tiny}\nrun: {seed: 3, log_every: 7}\ndata: {tasks: {vqa: {weight: 3, datasets: [llava_instruct_150k]}, refer_seg: {weight: 6, datasets: [grefcoco]}}}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nrun: {seed: 4}\ndata: {tasks: {refer_seg: {weight: 1, datasets: [refcoco]}}}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.run.seed, cfg.run.log_every) == (4, 7)
+    assert list(cfg.data.tasks) == ["refer_seg"] and cfg.data.tasks["refer_seg"].datasets == ["refcoco"]
+
+
+def test_base_cycle_and_missing_base_are_named(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml.*named as base by"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_tasks_are_validated():
+    with pytest.raises(ConfigError, match="not a sem_seg dataset"):
+        load_config(None, ["model.sam_type=tiny", "data.tasks={sem_seg: {weight: 1, datasets: [refcoco]}}"])
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_config(None, ["model.sam_type=tiny", "data.tasks={detection: {weight: 1, datasets: [coco]}}"])
+    with pytest.raises(ConfigError, match="weight must be > 0"):
+        load_config(None, ["model.sam_type=tiny", "data.tasks.refer_seg.weight=0"])
