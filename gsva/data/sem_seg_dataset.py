@@ -1,7 +1,7 @@
 """Semantic segmentation samples (ADE20K, COCO-Stuff, Mapillary Vistas, PACO-LVIS, PASCAL-Part).
 
 A sample names up to ``num_classes_per_sample`` classes present in the image (each supervised
-with all its pixels) and, at ``absent_class_rate``, some classes of the dataset that are NOT in
+with all its pixels) and, at ``absent_class_rate``, some classes of the dataset that are surely not in
 the image, answered ``[REJ]``. Present and absent classes are phrased from the same class list,
 so the wording never gives the answer away. Ignore labels never become targets.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from gsva.data.sample_builder import SampleBuilder, SlotTarget
 from gsva.data.samples import ImageSample
-from gsva.data.semseg import SemSegSource, phrase_class
+from gsva.data.semseg import ClassName, SemSegSource, SemSegTargets, phrase_class
 
 MAX_DRAWS_FOR_LABELLED_IMAGE = 20
 
@@ -51,7 +51,7 @@ class SemSegDataset:
             num_absent = rng.randint(1, max(1, limit // 2))
         num_present = max(1, min(len(targets.class_ids), limit - num_absent))
         present = rng.sample(targets.class_ids, num_present)
-        candidates = sorted(set(range(len(self.source.class_names))) - set(targets.class_ids) - set(self.source.ignored_class_ids))
+        candidates = self._absent_candidates(targets)
         absent = rng.sample(candidates, min(num_absent, len(candidates), limit - num_present))
         empty = np.zeros((targets.height, targets.width), dtype=bool)
         slots = [(class_id, True) for class_id in present] + [(class_id, False) for class_id in absent]
@@ -73,3 +73,22 @@ class SemSegDataset:
             "kinds": ["single" if exists else "no-target" for _, exists in slots],
         }
         return self.builder.segmentation(image, slot_targets, rng, metadata)
+
+    def _absent_candidates(self, targets: SemSegTargets) -> list[int]:
+        """Classes surely not in the image: not present, not ignored, not seen without a mask, and
+        not sharing an object with a present class (a present "mug handle" means "mug" is there)."""
+        names = self.source.class_names
+        seen = set(targets.class_ids) | set(targets.unsure_class_ids)
+        present_objects = {_object_of(names[class_id]) for class_id in seen}
+        return [
+            class_id
+            for class_id in range(len(names))
+            if class_id not in seen
+            and class_id not in self.source.ignored_class_ids
+            and _object_of(names[class_id]) not in present_objects
+        ]
+
+
+def _object_of(name: ClassName) -> str:
+    """The object a class belongs to: itself, or the object of an (object, part) class."""
+    return name[0] if isinstance(name, tuple) else name
