@@ -36,4 +36,5 @@ class ReasonSegDataset:
         if not entry.is_sentence:
             return self.builder.segmentation(image, [SlotTarget(text=text, mask=mask, exists=True)], rng, metadata)
         explain = entry.explanation is not None and rng.random() < self.builder.settings.explanatory_rate
+        metadata["explained"] = explain
         return self.builder.sentence(image, text, mask, rng, entry.explanation if explain else None, metadata)
