@@ -1,6 +1,7 @@
 """Every shipped recipe loads and its derived quantities are the paper's (Table A3, Appendix B)."""
 
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,20 @@ def test_tasks_are_validated():
         load_config(None, ["model.sam_type=tiny", "data.tasks={detection: {weight: 1, datasets: [coco]}}"])
     with pytest.raises(ConfigError, match="weight must be > 0"):
         load_config(None, ["model.sam_type=tiny", "data.tasks.refer_seg.weight=0"])
+
+
+@pytest.mark.parametrize("script", ["pretrain.sh", "finetune_grefcoco.sh", "finetune_res.sh"])
+@pytest.mark.parametrize("model", MODELS)
+def test_launch_scripts_name_shipped_recipes(tmp_path: Path, script: str, model: str):
+    """The scripts hand the deepspeed CLI a recipe that loads with their overrides."""
+    fake = tmp_path / "deepspeed"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MODEL": model, "DATASET_DIR": "/data/gsva", "HOSTFILE": "hosts"}
+    done = subprocess.run(["bash", f"scripts/{script}"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    args = done.stdout.split("\n")
+    assert args[:2] == ["--hostfile", "hosts"] and args[2] == "train.py"
+    config = args[args.index("--config") + 1]
+    overrides = [arg for arg in args[args.index("--config") + 2 :] if arg]
+    cfg = load_config(REPO / config, overrides)
+    assert cfg.data.dataset_dir == "/data/gsva" and cfg.model.lora_r == MODELS[model][0]
