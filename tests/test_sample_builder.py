@@ -1,0 +1,99 @@
+"""The sample builder: phrasings, slots, the LISA baseline, dialogues and token limits."""
+
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from gsva.data.conversation import get_template
+from gsva.data.prompts import SINGLE_ANSWERS, PromptSettings
+from gsva.data.sample_builder import SampleBuilder, SampleSettings, SlotTarget
+from gsva.data.tokenizer import add_task_tokens, load_tokenizer
+from gsva.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REJ_TOKEN, SEG_TOKEN
+
+IMAGE = np.full((20, 30, 3), 100, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    tokenizer = load_tokenizer(tokenizer_dir, 512)
+    add_task_tokens(tokenizer, [SEG_TOKEN, REJ_TOKEN])
+    return tokenizer
+
+
+def builder(tokenizer, use_rej_token: bool = True, **settings) -> SampleBuilder:
+    prompts = PromptSettings(get_template("llava_v1"), [SEG_TOKEN], use_im_start_end=False, use_rej_token=use_rej_token)
+    return SampleBuilder(tokenizer, prompts, SampleSettings(sam_image_size=32, clip_image_size=16, **settings))
+
+
+def targets() -> list[SlotTarget]:
+    present = np.zeros((20, 30), dtype=bool)
+    present[2:9, 3:12] = True
+    return [SlotTarget("red", present, True), SlotTarget("blue", np.zeros((20, 30), dtype=bool), False)]
+
+
+def full_text(tokenizer, conversation) -> str:
+    return tokenizer.decode([t for t in conversation.input_ids if t != IMAGE_TOKEN_INDEX])
+
+
+def answer_text(tokenizer, conversation) -> str:
+    return tokenizer.decode([t for t, label in zip(conversation.input_ids, conversation.labels) if label != IGNORE_INDEX])
+
+
+def test_generalized_sample_has_one_slot_per_target(tokenizer):
+    sample = builder(tokenizer).segmentation(IMAGE, targets(), random.Random(0), {})
+    (conversation,) = sample.conversations
+    assert conversation.slot_exists == [True, False]
+    assert conversation.target_masks.shape == (2, 20, 30) and conversation.target_masks[0].sum() == 63
+    answer = answer_text(tokenizer, conversation)
+    assert "red: [SEG]" in answer and "blue: [REJ]" in answer
+    assert conversation.input_ids.count(IMAGE_TOKEN_INDEX) == 1
+    assert sample.sam_image.dtype.is_floating_point is False and sample.resized_size == (21, 32)
+    assert tuple(sample.clip_image.shape) == (3, 16, 16)
+
+
+def test_single_target_uses_the_classic_phrasing_at_its_rate(tokenizer):
+    one = targets()[:1]
+    always = builder(tokenizer, single_target_rate=1.0).segmentation(IMAGE, one, random.Random(1), {})
+    answer = answer_text(tokenizer, always.conversations[0])
+    assert "red" not in answer and any(a.format(slot="[SEG]") in answer for a in SINGLE_ANSWERS)
+    never = builder(tokenizer, single_target_rate=0.0).segmentation(IMAGE, one, random.Random(1), {})
+    assert "red: [SEG]" in answer_text(tokenizer, never.conversations[0])
+
+
+def test_lisa_baseline_drops_absent_targets_in_training_and_never_rejects_in_evaluation(tokenizer):
+    lisa = builder(tokenizer, use_rej_token=False)
+    trained = lisa.segmentation(IMAGE, targets(), random.Random(0), {}).conversations[0]
+    assert trained.slot_exists == [True] and "blue" not in full_text(tokenizer, trained)
+    evaluated = lisa.segmentation(IMAGE, targets(), None, {}).conversations[0]
+    assert evaluated.slot_exists == [True, False]
+    assert "blue: [SEG]" in answer_text(tokenizer, evaluated) and "[REJ]" not in full_text(tokenizer, evaluated)
+
+
+def test_dialogue_has_no_slot_and_is_cut_at_the_token_limit(tokenizer):
+    turns = [("<image>\nWhat is here?", "A red square. " * 40), ("And then?", "Nothing.")]
+    full = builder(tokenizer).dialogue(IMAGE, turns, {}).conversations[0]
+    assert full.slot_exists == [] and full.target_masks.shape == (0, 20, 30)
+    assert sum(label != IGNORE_INDEX for label in full.labels) > 40
+    cut = builder(tokenizer, max_tokens=60).dialogue(IMAGE, turns, {}).conversations[0]
+    assert cut.input_ids == full.input_ids[:60] and cut.labels == full.labels[:60]
+
+
+def test_training_prompt_over_the_limit_is_an_error_but_evaluation_keeps_it(tokenizer):
+    many = [replace(targets()[0], text=f"red shape number {i}") for i in range(12)]
+    small = builder(tokenizer, max_tokens=64)
+    with pytest.raises(ValueError, match="model_max_length=64"):
+        small.segmentation(IMAGE, many, random.Random(0), {"image_id": 7})
+    kept = small.segmentation(IMAGE, many, None, {}).conversations[0]
+    assert len(kept.slot_exists) == 12 and len(kept.input_ids) > 64
+
+
+def test_sentence_query_with_and_without_explanation(tokenizer):
+    mask = targets()[0].mask
+    plain = builder(tokenizer).sentence(IMAGE, "the thing one sits on", mask, random.Random(0), None, {})
+    explained = builder(tokenizer).sentence(IMAGE, "the thing one sits on", mask, random.Random(0), "because chairs hold people", {})
+    assert "because chairs hold people" in answer_text(tokenizer, explained.conversations[0])
+    assert "because" not in answer_text(tokenizer, plain.conversations[0])
+    assert "explain" in full_text(tokenizer, explained.conversations[0])
+    assert explained.conversations[0].slot_exists == [True]
