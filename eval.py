@@ -1,10 +1,16 @@
-"""Evaluate GSVA weights on a gRefCOCO-format split (GRES metrics and trivial baselines).
+"""Evaluate GSVA weights on the paper's benchmarks (metrics tables, metrics.json, records.jsonl).
 
-    python eval.py --weights runs/tiny_synthetic/final --split val
-    python eval.py --weights W --split val --protocol generate --visualize 10
-    deepspeed eval.py --config configs/... --weights W --split testA   # shards over GPUs
+    python eval.py --weights runs/tiny_synthetic/final                       # data.eval_dataset:eval_split
+    python eval.py --weights W --benchmark grefcoco:val grefcoco:testA grefcoco:testB
+    python eval.py --weights W --benchmark refcoco:val refcocog:test --prompt-style lisa
+    python eval.py --weights W --benchmark reason_seg:val --protocol generate --max-new-tokens 512
+    python eval.py --weights W --benchmark refzom:test ade20k:val --visualize 10
+    deepspeed eval.py --weights W --benchmark grefcoco:val                   # images sharded over GPUs
 
-The config defaults to the ``config.yaml`` saved beside the weights.
+Benchmarks: grefcoco:{val,testA,testB} (GRES), refcoco / refcoco+:{val,testA,testB} and
+refcocog:{val,test} (classic RES + REC from masks), reason_seg:{val,test}, refzom:test,
+ade20k:val (Table A5). The config defaults to the ``config.yaml`` saved beside the weights; its
+``data.dataset_dir`` can be overridden on the command line.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from gsva.config import load_config
-from gsva.data.refer import ReferIndex
 from gsva.data.prompts import EVAL_QUESTIONS, resolve_eval_question
+from gsva.data.refer_seg_dataset import PROMPT_STYLES
 from gsva.data.sample_builder import SampleBuilder
+from gsva.engine.benchmarks import parse_benchmark
 from gsva.engine.distributed import init_distributed
 from gsva.engine.evaluator import PROTOCOLS, EvalSettings
-from gsva.engine.report import evaluate_split
+from gsva.engine.report import evaluate_benchmark
 from gsva.engine.trainer import sample_settings
 from gsva.metrics import VARIANTS
 from gsva.model.build import build_gsva
@@ -31,17 +38,27 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="model.safetensors written by training, or its directory")
     parser.add_argument("--config", default=None, help="YAML config (default: config.yaml beside the weights)")
-    parser.add_argument("--split", default="val", help="split of the dataset in data.dataset_dir (val, testA, testB, ...)")
+    parser.add_argument("--benchmark", nargs="+", default=None, metavar="DATASET:SPLIT",
+                        help="benchmarks to score, e.g. grefcoco:val refcocog:test (default: data.eval_dataset:data.eval_split)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="teacher-forced",
-                        help="teacher-forced: the paper's GRES protocol; generate: free greedy decoding with KV cache")
+                        help="teacher-forced: the paper's protocol (decisions read off the ground-truth answer); "
+                             "generate: free greedy decoding with KV cache, answers parsed into slots")
+    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="gsva",
+                        help="referring benchmarks: gsva = one prompt naming all of an image's expressions (the paper); "
+                             "lisa = one classic single-target prompt per expression")
+    parser.add_argument("--one-expression-per-prompt", action="store_true",
+                        help="referring benchmarks: ask the gsva question once per expression instead of once per image")
     parser.add_argument("--metric-variant", choices=VARIANTS, default="gres",
-                        help="gres: the benchmark's definitions; gsva: the original authors' code (both are in metrics.json)")
+                        help="GRES: gres = the benchmark's definitions; gsva = the original authors' code (both are in metrics.json)")
     parser.add_argument("--question-template", default="please",
-                        help=f"evaluation question: one of {sorted(EVAL_QUESTIONS)} or a custom template containing {{objs}}")
+                        help=f"gsva prompt question (Table A2): one of {sorted(EVAL_QUESTIONS)} or a custom template containing {{objs}}")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass on each rank")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="generation length limit (generate protocol)")
-    parser.add_argument("--visualize", type=int, default=0, help="number of overlay PNGs to write")
-    parser.add_argument("--output-dir", default=None, help="where metrics.json, records.jsonl, overlays go (default: beside the weights)")
+    parser.add_argument("--visualize", type=int, default=0, help="number of overlay PNGs to write per benchmark")
+    parser.add_argument("--output-dir", default=None,
+                        help="folder for one sub-folder per benchmark with metrics.json, records.jsonl, overlays "
+                             "(default: <weights folder>/eval)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; do not pass by hand")
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.dataset_dir=/data")
     return parser.parse_args()
@@ -52,21 +69,29 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     weights = resolve_weights_file(args.weights)
     cfg = load_config(args.config or weights.parent / "config.yaml", args.overrides)
+    specs = args.benchmark or [f"{cfg.data.eval_dataset}:{cfg.data.eval_split}"]
+    benchmarks = [parse_benchmark(spec) for spec in specs]
     device = init_distributed()
     tokenizer, model, prompts = build_gsva(cfg)
     load_trainable_weights(model, weights)
+    model.to(device)
     prompts = replace(prompts, eval_question=resolve_eval_question(args.question_template))
-    output_dir = args.output_dir or str(weights.parent / f"eval_{args.split}_{args.protocol}")
-    settings = EvalSettings(
-        protocol=args.protocol,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        visualize=args.visualize,
-        output_dir=output_dir,
-    )
-    index = ReferIndex(Path(cfg.data.dataset_dir), cfg.data.eval_dataset)
     builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
-    evaluate_split(model.to(device), builder, index, args.split, settings, device, variant=args.metric_variant)
+    output_root = Path(args.output_dir) if args.output_dir else weights.parent / "eval"
+    style = args.prompt_style + ("_per_expression" if args.one_expression_per_prompt else "")
+    for benchmark in benchmarks:
+        settings = EvalSettings(
+            protocol=args.protocol,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            max_new_tokens=args.max_new_tokens,
+            visualize=args.visualize,
+            output_dir=str(output_root / f"{benchmark.dataset}_{benchmark.split}_{args.protocol}_{style}"),
+        )
+        evaluate_benchmark(
+            model, builder, benchmark, cfg.data.dataset_dir, settings, device, args.metric_variant,
+            args.prompt_style, args.one_expression_per_prompt,
+        )
 
 
 if __name__ == "__main__":

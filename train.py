@@ -12,11 +12,7 @@ import argparse
 import logging
 
 from gsva.config import load_config
-from gsva.data.refer import ReferIndex
-from gsva.data.sample_builder import SampleBuilder
-from gsva.engine.evaluator import EvalSettings
-from gsva.engine.report import evaluate_split
-from gsva.engine.trainer import sample_settings, train
+from gsva.engine.trainer import train
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,23 +32,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume)
-    if args.no_eval or not cfg.run.eval_at_end:
-        return
-    run_cfg = result.cfg
-    settings = EvalSettings(
-        protocol="teacher-forced",
-        batch_size=8,
-        visualize=run_cfg.run.num_visualizations,
-        output_dir=f"{run_cfg.run.output_dir}/eval_{run_cfg.data.eval_split}",
-    )
-    builder = SampleBuilder(result.tokenizer, result.prompts, sample_settings(run_cfg))
-    index = ReferIndex(run_cfg.data.dataset_dir, run_cfg.data.eval_dataset)
-    evaluate_split(
-        result.model, builder, index, run_cfg.data.eval_split, settings, result.device,
-        writer=result.writer, step=result.steps,
-    )
+    overrides = [*args.overrides, *(["run.eval_at_end=false"] if args.no_eval else [])]
+    train(load_config(args.config, overrides), resume=args.resume)
 
 
 if __name__ == "__main__":

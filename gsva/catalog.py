@@ -25,3 +25,26 @@ DATASET_TASKS = {
     "reason_seg": "reason_seg",
 }
 """Every readable dataset and its task."""
+
+BENCHMARK_FAMILIES = {
+    "grefcoco": "gres",
+    "refcoco": "res",
+    "refcoco+": "res",
+    "refcocog": "res",
+    "refclef": "res",
+    "refzom": "refzom",
+    "reason_seg": "reason_seg",
+    "ade20k": "ade20k",
+}
+"""Every dataset that can be evaluated, and the family of metrics of its benchmarks."""
+
+
+def check_benchmark(spec: str) -> tuple[str, str]:
+    """``"<dataset>:<split>"`` -> (dataset, split); ValueError naming what is expected."""
+    dataset, _, split = spec.partition(":")
+    if dataset not in BENCHMARK_FAMILIES or not split:
+        raise ValueError(
+            f"benchmark {spec!r}: expected <dataset>:<split> with a dataset among {sorted(BENCHMARK_FAMILIES)}, "
+            "e.g. grefcoco:val, refcocog:test, reason_seg:val, refzom:test, ade20k:val"
+        )
+    return dataset, split

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from gsva.catalog import DATASET_TASKS, TASKS
+from gsva.catalog import DATASET_TASKS, TASKS, check_benchmark
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,10 @@ class RunConfig:
     log_every: int = 10
     num_visualizations: int = 6
     eval_at_end: bool = True
+    eval_benchmarks: list[str] = field(default_factory=list)
+    eval_every: int = 0
+    eval_each_epoch: bool = False
+    eval_batch_size: int = 8
 
 
 @dataclass
@@ -103,6 +107,12 @@ class TinyDims:
     prompt_embed_dim: int = 64
     decoder_mlp_dim: int = 256
     decoder_heads: int = 4
+    llm_max_position_embeddings: int = 1024
+    use_im_start_end: bool = False
+    """Wrap the image patches in ``<im_start>``/``<im_end>`` (adds both tokens), as the released GSVA."""
+    sam_global_attn_indexes: Optional[list[int]] = None
+    """SAM encoder blocks with global attention; None = every block when ``sam_window_size`` is 0,
+    else the last block."""
 
 
 @dataclass
@@ -257,6 +267,13 @@ def validate(cfg: Config) -> None:
     if cfg.data.num_classes_per_sample < 1:
         raise ConfigError("data.num_classes_per_sample must be >= 1")
     _validate_tasks(cfg.data)
+    for index, spec in enumerate(cfg.run.eval_benchmarks):
+        try:
+            check_benchmark(spec)
+        except ValueError as error:
+            raise ConfigError(f"run.eval_benchmarks[{index}]: {error}") from None
+    if cfg.run.eval_every < 0 or cfg.run.eval_batch_size < 1:
+        raise ConfigError("run.eval_every must be >= 0 and run.eval_batch_size >= 1")
     if cfg.model.sam_type != "tiny" and cfg.model.sam_checkpoint is None and not cfg.components.enabled:
         raise ConfigError(
             f"model.sam_checkpoint is required for model.sam_type={cfg.model.sam_type!r} "

@@ -8,7 +8,7 @@ import pytest
 
 from gsva.data.conversation import get_template
 from gsva.data.prompts import SINGLE_ANSWERS, PromptSettings
-from gsva.data.sample_builder import SampleBuilder, SampleSettings, SlotTarget
+from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.tokenizer import add_task_tokens, load_tokenizer
 from gsva.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REJ_TOKEN, SEG_TOKEN
 
@@ -66,7 +66,7 @@ def test_lisa_baseline_drops_absent_targets_in_training_and_never_rejects_in_eva
     lisa = builder(tokenizer, use_rej_token=False)
     trained = lisa.segmentation(IMAGE, targets(), random.Random(0), {}).conversations[0]
     assert trained.slot_exists == [True] and "blue" not in full_text(tokenizer, trained)
-    evaluated = lisa.segmentation(IMAGE, targets(), None, {}).conversations[0]
+    evaluated = lisa.evaluation(IMAGE, [EvalQuery(targets(), lisa.prompts.eval_question, {})]).conversations[0]
     assert evaluated.slot_exists == [True, False]
     assert "blue: [SEG]" in answer_text(tokenizer, evaluated) and "[REJ]" not in full_text(tokenizer, evaluated)
 
@@ -85,7 +85,7 @@ def test_training_prompt_over_the_limit_is_an_error_but_evaluation_keeps_it(toke
     small = builder(tokenizer, max_tokens=64)
     with pytest.raises(ValueError, match="model_max_length=64"):
         small.segmentation(IMAGE, many, random.Random(0), {"image_id": 7})
-    kept = small.segmentation(IMAGE, many, None, {}).conversations[0]
+    kept = small.evaluation(IMAGE, [EvalQuery(many, small.prompts.eval_question, {})]).conversations[0]
     assert len(kept.slot_exists) == 12 and len(kept.input_ids) > 64
 
 
@@ -97,3 +97,22 @@ def test_sentence_query_with_and_without_explanation(tokenizer):
     assert "because" not in answer_text(tokenizer, plain.conversations[0])
     assert "explain" in full_text(tokenizer, explained.conversations[0])
     assert explained.conversations[0].slot_exists == [True]
+
+
+def test_evaluation_asks_one_conversation_per_query_with_single_or_multi_questions(tokenizer):
+    red, blue = targets()
+    sample = builder(tokenizer).evaluation(
+        IMAGE,
+        [
+            EvalQuery([red, blue], "Please segment {objs} in this image.", {"keys": [1, 2]}),
+            EvalQuery([blue], "What is {obj} in this image?", {"keys": [3]}),
+        ],
+    )
+    first, second = sample.conversations
+    assert first.slot_exists == [True, False] and second.slot_exists == [False]
+    assert "red: [SEG], blue: [REJ]" in answer_text(tokenizer, first)
+    assert answer_text(tokenizer, second).strip().startswith("Sure, [REJ]")
+    assert "What is blue in this image?" in full_text(tokenizer, second)
+    assert second.metadata == {"keys": [3], "expressions": ["blue"]}
+    with pytest.raises(ValueError, match="asks for one target"):
+        builder(tokenizer).evaluation(IMAGE, [EvalQuery([red, blue], "What is {obj}?", {})])

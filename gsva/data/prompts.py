@@ -58,6 +58,16 @@ EXPLAIN_SUFFIXES = (
 )
 """Replace the closing request of a sentence question when the answer carries an explanation."""
 
+EVAL_SINGLE_QUESTIONS = {
+    "lisa": "What is {obj} in this image? Please output the segmentation mask.",
+    "ade20k": "What is {obj} in this image?",
+    "sentence": "{sentence} Please output the segmentation mask.",
+}
+"""Fixed single-target evaluation questions: the LISA-style prompt of single-target benchmarks,
+the paper's ADE20K prompt (Table A5), and reasoning queries."""
+
+EVAL_SINGLE_ANSWER = "Sure, {slot}."
+
 SINGLE_ANSWERS = (
     "It is {slot}.",
     "Sure, {slot}.",

@@ -2,20 +2,32 @@
 
 Training (``sample``): one image, up to ``num_classes_per_sample`` of its expressions drawn at
 random, at least one with a target (all-absent samples are never produced), random phrasing.
-Evaluation (``__getitem__``): one conversation per image naming ALL its expressions with the
-fixed evaluation question, answered with the ground-truth slots (teacher forcing needs them;
-the generate protocol cuts the answer off).
+Evaluation (``__getitem__``): every expression of the image, answered with the ground-truth
+slots (teacher forcing reads the decisions off them; generation cuts the answer off), asked in
+one of three ways:
+
+- ``gsva`` (the paper): one conversation naming ALL the image's expressions, with the evaluation
+  question of the prompt settings (``--question-template``);
+- ``gsva`` with ``one_per_prompt``: the same question, one conversation per expression;
+- ``lisa``: one conversation per expression with the classic single-target question
+  ("What is {obj} in this image? Please output the segmentation mask." -> "Sure, [SEG].").
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any, Literal
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from gsva.data.refer import ReferIndex, ReferringExpression
-from gsva.data.sample_builder import SampleBuilder, SlotTarget
+from gsva.data.prompts import EVAL_SINGLE_QUESTIONS
+from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import ImageSample
+
+
+PROMPT_STYLES = ("gsva", "lisa")
 
 
 class ReferSegDataset(Dataset):
@@ -23,7 +35,19 @@ class ReferSegDataset(Dataset):
 
     task = "refer_seg"
 
-    def __init__(self, index: ReferIndex, split: str, builder: SampleBuilder, train: bool) -> None:
+    def __init__(
+        self,
+        index: ReferIndex,
+        split: str,
+        builder: SampleBuilder,
+        train: bool,
+        prompt_style: Literal["gsva", "lisa"] = "gsva",
+        one_per_prompt: bool = False,
+    ) -> None:
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt style {prompt_style!r}; expected one of {PROMPT_STYLES}")
+        self.prompt_style = prompt_style
+        self.one_per_prompt = one_per_prompt or prompt_style == "lisa"
         self.index = index
         self.split = split
         self.builder = builder
@@ -46,24 +70,46 @@ class ReferSegDataset(Dataset):
         return self._build(item, chosen, rng)
 
     def __getitem__(self, item: int) -> ImageSample:
-        """The evaluation sample of image ``item``: every expression, fixed question."""
-        return self._build(item, self.index.expressions(self.image_ids[item], self.split), None)
-
-    def _build(self, item: int, expressions: list[ReferringExpression], rng: random.Random | None) -> ImageSample:
+        """The evaluation sample of image ``item``: every expression, fixed question(s)."""
         image_id = self.image_ids[item]
+        image = self._read_image(image_id)
+        expressions = self.index.expressions(image_id, self.split)
+        groups = [[e] for e in expressions] if self.one_per_prompt else [expressions]
+        question = EVAL_SINGLE_QUESTIONS["lisa"] if self.prompt_style == "lisa" else self.builder.prompts.eval_question
+        queries = [
+            EvalQuery(self._targets(image_id, group), question, self._metadata(item, group))
+            for group in groups
+        ]
+        return self.builder.evaluation(image, queries)
+
+    def objects_mask(self, image_id: int) -> np.ndarray:
+        """(H, W) bool union of every annotated object of the image (the always-[SEG] baseline)."""
+        return self.index.target_mask(image_id, self.index.annotation_ids(image_id))
+
+    def _build(self, item: int, expressions: list[ReferringExpression], rng: random.Random) -> ImageSample:
+        image_id = self.image_ids[item]
+        return self.builder.segmentation(
+            self._read_image(image_id), self._targets(image_id, expressions), rng, self._metadata(item, expressions)
+        )
+
+    def _read_image(self, image_id: int) -> np.ndarray:
         record = self.index.image(image_id)
-        image_path = self.index.image_path(image_id)
-        image = self.builder.read_image(image_path, (record.height, record.width))
-        targets = [
+        return self.builder.read_image(self.index.image_path(image_id), (record.height, record.width))
+
+    def _targets(self, image_id: int, expressions: list[ReferringExpression]) -> list[SlotTarget]:
+        return [
             SlotTarget(text=e.text, mask=self.index.target_mask(image_id, e.ann_ids), exists=not e.no_target)
             for e in expressions
         ]
-        metadata = {
+
+    def _metadata(self, item: int, expressions: list[ReferringExpression]) -> dict[str, Any]:
+        image_id = self.image_ids[item]
+        return {
             "dataset": self.name,
+            "item": item,
             "image_id": image_id,
-            "image_path": str(image_path),
+            "image_path": str(self.index.image_path(image_id)),
             "kinds": [e.kind for e in expressions],
+            "keys": [e.sent_id for e in expressions],
             "ann_ids": [list(e.ann_ids) for e in expressions],
-            "sent_ids": [e.sent_id for e in expressions],
         }
-        return self.builder.segmentation(image, targets, rng, metadata)

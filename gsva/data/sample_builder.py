@@ -6,6 +6,7 @@ names; ``SampleBuilder`` decides how they are asked and answered:
 
 - ``segmentation``: several targets, one ``[SEG]``/``[REJ]`` slot each (GSVA's generalized
   prompt); with one existing target it may use the classic single-``[SEG]`` phrasing;
+- ``evaluation``: fixed questions answered with the ground truth, one conversation per query;
 - ``sentence``: one long reasoning query answered by one ``[SEG]`` (optionally explained);
 - ``dialogue``: question/answer turns without any mask (VQA, language-modelling loss only).
 """
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from gsva.data.prompts import (
     ANSWERS,
+    EVAL_SINGLE_ANSWER,
     EXPLAIN_SUFFIXES,
     SENTENCE_QUESTIONS,
     SINGLE_ANSWERS,
@@ -34,7 +36,7 @@ from gsva.data.prompts import (
 from gsva.data.samples import ConversationSample, ImageSample
 from gsva.data.tokenize import TokenizedConversation, tokenize_conversation
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
-from gsva.special_tokens import IMAGE_PLACEHOLDER
+from gsva.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,16 @@ class SlotTarget:
     exists: bool
 
 
+@dataclass(frozen=True)
+class EvalQuery:
+    """One evaluation conversation: its targets, its question template and what the records of
+    its slots carry (``kinds``, ``keys``, ...)."""
+
+    targets: list[SlotTarget]
+    question: str
+    metadata: dict[str, Any]
+
+
 class SampleBuilder:
     """Phrases, tokenises and packs samples for one tokenizer and prompt style."""
 
@@ -90,27 +102,45 @@ class SampleBuilder:
 
     # ----------------------------------------------------------------- sample kinds
     def segmentation(
-        self, image: np.ndarray, targets: list[SlotTarget], rng: random.Random | None, metadata: dict[str, Any]
+        self, image: np.ndarray, targets: list[SlotTarget], rng: random.Random, metadata: dict[str, Any]
     ) -> ImageSample:
-        """One conversation with a slot per target. ``rng`` None = evaluation (fixed question)."""
-        if rng is not None and not self.prompts.use_rej_token:
+        """A training conversation with a slot per target, phrased at random."""
+        if not self.prompts.use_rej_token:
             targets = [target for target in targets if target.exists]
         texts = [target.text for target in targets]
         exists = [target.exists for target in targets]
-        if rng is None:
-            answered = exists if self.prompts.use_rej_token else [True] * len(texts)
-            question = question_text(texts, self.prompts.eval_question, self.prompts.image_marker)
-            answer = ANSWERS[0].format(slots=format_slots(texts, answered, self.prompts.slot_tokens(len(texts))))
-        elif len(targets) == 1 and exists[0] and rng.random() < self.settings.single_target_rate:
+        if len(targets) == 1 and exists[0] and rng.random() < self.settings.single_target_rate:
             question = self._with_image(rng.choice(SINGLE_TARGET_QUESTIONS).format(obj=texts[0]))
             answer = rng.choice(SINGLE_ANSWERS).format(slot=self.prompts.slot_tokens(1)[0])
         else:
             question_template, answer_template = sample_train_phrasing(rng)
             question = question_text(texts, question_template, self.prompts.image_marker)
             answer = answer_template.format(slots=format_slots(texts, exists, self.prompts.slot_tokens(len(texts))))
-        tokens = self._tokenize([(question, answer)], "keep" if rng is None else "error", metadata)
-        masks = np.stack([target.mask for target in targets]).astype(np.uint8)
-        return self._image_sample(image, tokens, masks, exists, {**metadata, "expressions": texts})
+        tokens = self._tokenize([(question, answer)], "error", metadata)
+        conversation = self._conversation(tokens, targets, {**metadata, "expressions": texts})
+        return self._image_sample(image, [conversation])
+
+    def evaluation(self, image: np.ndarray, queries: list[EvalQuery]) -> ImageSample:
+        """One conversation per query, answered with the ground-truth slots (teacher forcing reads
+        the decisions off them; generation cuts the answer off). A question template with
+        ``{objs}`` names every target with one slot each; one with ``{obj}`` or ``{sentence}``
+        asks for a single target, answered "Sure, [SEG]." (or ``[REJ]``). Prompts are never cut."""
+        conversations = []
+        for query in queries:
+            texts = [target.text for target in query.targets]
+            answered = [target.exists or not self.prompts.use_rej_token for target in query.targets]
+            slot_tokens = self.prompts.slot_tokens(len(texts))
+            if "{objs}" in query.question:
+                question = question_text(texts, query.question, self.prompts.image_marker)
+                answer = ANSWERS[0].format(slots=format_slots(texts, answered, slot_tokens))
+            else:
+                if len(texts) != 1:
+                    raise ValueError(f"question {query.question!r} asks for one target, got {len(texts)}")
+                question = self._with_image(query.question.format(obj=texts[0], sentence=texts[0]))
+                answer = EVAL_SINGLE_ANSWER.format(slot=slot_tokens[0] if answered[0] else REJ_TOKEN)
+            tokens = self._tokenize([(question, answer)], "keep", query.metadata)
+            conversations.append(self._conversation(tokens, query.targets, {**query.metadata, "expressions": texts}))
+        return self._image_sample(image, conversations)
 
     def sentence(
         self,
@@ -128,7 +158,8 @@ class SampleBuilder:
             question = text + rng.choice(EXPLAIN_SUFFIXES)
             answer = f"{answer} {explanation}"
         tokens = self._tokenize([(self._with_image(question), answer)], "error", metadata)
-        return self._image_sample(image, tokens, mask[None].astype(np.uint8), [True], {**metadata, "expressions": [text]})
+        conversation = self._conversation(tokens, [SlotTarget(text, mask, True)], {**metadata, "expressions": [text]})
+        return self._image_sample(image, [conversation])
 
     def dialogue(self, image: np.ndarray, turns: list[tuple[str, str]], metadata: dict[str, Any]) -> ImageSample:
         """(question, answer) turns; the first question already holds the image placeholder."""
@@ -137,8 +168,14 @@ class SampleBuilder:
             turns = [(first.replace(IMAGE_PLACEHOLDER, self.prompts.image_marker, 1), answer), *turns[1:]]
         tokens = self._tokenize(turns, "cut", metadata)
         height, width = image.shape[:2]
-        masks = np.zeros((0, height, width), dtype=np.uint8)
-        return self._image_sample(image, tokens, masks, [], {**metadata, "expressions": []})
+        conversation = ConversationSample(
+            input_ids=tokens.input_ids,
+            labels=tokens.labels,
+            target_masks=np.zeros((0, height, width), dtype=np.uint8),
+            slot_exists=[],
+            metadata={**metadata, "expressions": []},
+        )
+        return self._image_sample(image, [conversation])
 
     # ----------------------------------------------------------------- shared steps
     def _with_image(self, question: str) -> str:
@@ -160,22 +197,23 @@ class SampleBuilder:
             )
         return TokenizedConversation(input_ids=tokens.input_ids[:limit], labels=tokens.labels[:limit])
 
-    def _image_sample(
-        self,
-        image: np.ndarray,
-        tokens: TokenizedConversation,
-        masks: np.ndarray,
-        exists: list[bool],
-        metadata: dict[str, Any],
-    ) -> ImageSample:
-        sam_image = sam_resize(image, self.settings.sam_image_size)
-        conversation = ConversationSample(
-            input_ids=tokens.input_ids, labels=tokens.labels, target_masks=masks, slot_exists=exists, metadata=metadata
+    def _conversation(
+        self, tokens: TokenizedConversation, targets: list[SlotTarget], metadata: dict[str, Any]
+    ) -> ConversationSample:
+        return ConversationSample(
+            input_ids=tokens.input_ids,
+            labels=tokens.labels,
+            target_masks=np.stack([target.mask for target in targets]).astype(np.uint8),
+            slot_exists=[target.exists for target in targets],
+            metadata=metadata,
         )
+
+    def _image_sample(self, image: np.ndarray, conversations: list[ConversationSample]) -> ImageSample:
+        sam_image = sam_resize(image, self.settings.sam_image_size)
         return ImageSample(
             sam_image=sam_image,
             clip_image=clip_resize_crop(image, self.settings.clip_image_size),
             original_size=(image.shape[0], image.shape[1]),
             resized_size=(sam_image.shape[1], sam_image.shape[2]),
-            conversations=[conversation],
+            conversations=conversations,
         )

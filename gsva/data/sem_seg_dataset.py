@@ -12,7 +12,8 @@ import random
 
 import numpy as np
 
-from gsva.data.sample_builder import SampleBuilder, SlotTarget
+from gsva.data.prompts import EVAL_SINGLE_QUESTIONS
+from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import ImageSample
 from gsva.data.semseg import ClassName, SemSegSource, SemSegTargets, phrase_class
 
@@ -92,3 +93,47 @@ class SemSegDataset:
 def _object_of(name: ClassName) -> str:
     """The object a class belongs to: itself, or the object of an (object, part) class."""
     return name[0] if isinstance(name, tuple) else name
+
+
+class Ade20kEvalDataset:
+    """ADE20K val as in Table A5: for every class present in the image, "What is {class} in this
+    image?" answered "Sure, [SEG]."; one conversation per class, all sharing the image. Images
+    without any labelled class (nothing to ask) are left out when the dataset is opened."""
+
+    name = "ade20k"
+
+    def __init__(self, source: SemSegSource, builder: SampleBuilder) -> None:
+        self.source = source
+        self.builder = builder
+        self.images = [index for index in range(len(source)) if source.read_targets(index).class_ids]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: int) -> ImageSample:
+        targets = self.source.read_targets(self.images[item])
+        image_path = self.source.image_path(self.images[item])
+        image = self.builder.read_image(image_path, (targets.height, targets.width))
+        queries = [
+            EvalQuery(
+                [SlotTarget(_plain_name(self.source.class_names[class_id]), targets.mask(class_id), True)],
+                EVAL_SINGLE_QUESTIONS["ade20k"],
+                {
+                    "dataset": self.name,
+                    "item": item,
+                    "image_id": image_path.stem,
+                    "image_path": str(image_path),
+                    "kinds": ["single"],
+                    "keys": [f"{image_path.stem}/{class_id}"],
+                    "class_ids": [class_id],
+                },
+            )
+            for class_id in targets.class_ids
+        ]
+        return self.builder.evaluation(image, queries)
+
+
+def _plain_name(name: ClassName) -> str:
+    """A class name as asked in evaluation: "object part" for parts, underscores as spaces."""
+    text = " ".join(name) if isinstance(name, tuple) else name
+    return text.replace("_", " ")

@@ -1,9 +1,10 @@
-"""GRES evaluation loop: every expression scored exactly once across ranks, records gathered,
-metrics computed once, trivial baselines scored on the same expressions.
+"""The evaluation loop: every answer slot scored exactly once across ranks, records gathered in
+dataset order, metrics computed once (``gsva.engine.benchmarks.summarize``).
 
 Each rank takes the images ``rank, rank + world, …`` (no sampler padding, so nothing is scored
 twice), runs the chosen protocol and turns each answer slot into a record. Records carry the
-intersection/union counts, so any metric can be recomputed offline from ``records.jsonl``.
+intersection/union counts, so any metric can be recomputed offline from ``records.jsonl``
+(``python scripts/score.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from gsva.batch import GsvaBatch
 from gsva.data.refer_seg_dataset import ReferSegDataset
 from gsva.data.samples import Collator
 from gsva.data.transforms import read_rgb
 from gsva.engine.distributed import gather_objects, is_main, rank, world_size
 from gsva.engine.visualize import render_overlay, save_overlay
-from gsva.metrics import VARIANTS, ExpressionScore, gres_metrics, score_expression
+from gsva.benchmark_metrics import box_iou, mask_box
+from gsva.metrics import score_expression
 from gsva.model.gsva import GsvaModel
 
 PROTOCOLS = ("teacher-forced", "generate")
-BASELINES = ("always_rej", "always_seg_union")
 
 
 @dataclass
@@ -43,30 +45,40 @@ class EvalSettings:
 
 
 def _score_conversation(
-    dataset: ReferSegDataset, batch, conv: int, rejected: list[bool], masks: torch.Tensor, extra: dict[str, Any]
+    dataset: Any, batch: GsvaBatch, conv: int, rejected: list[bool], masks: torch.Tensor, extra: dict[str, Any]
 ) -> list[dict[str, Any]]:
+    """One record per answer slot: the score counts, the box IoU of the masks (REC), the trivial
+    baselines where the dataset has a union of all objects, and ``extra`` (protocol outputs: the
+    generated text on every slot, the conversation's parse failures on its first slot only)."""
     meta = batch.metadata[conv]
-    targets = batch.target_masks[conv] > 0
-    union_of_objects = dataset.index.target_mask(meta["image_id"], dataset.index.annotation_ids(meta["image_id"]))
-    empty = np.zeros(union_of_objects.shape, dtype=bool)
+    targets = batch.target_masks[conv].cpu().numpy() > 0
+    objects = dataset.objects_mask(meta["image_id"]) if isinstance(dataset, ReferSegDataset) else None
     records = []
     for slot, kind in enumerate(meta["kinds"]):
-        gt = targets[slot].cpu().numpy()
-        score = score_expression(masks[slot].cpu().numpy(), gt, rejected[slot], kind)
+        gt, predicted = targets[slot], masks[slot].cpu().numpy()
+        score = score_expression(predicted, gt, rejected[slot], kind)
+        effective = None if rejected[slot] else mask_box(predicted)
         record = {
+            "item": meta["item"],
             "image_id": meta["image_id"],
-            "sent_id": meta["sent_ids"][slot],
+            "key": meta["keys"][slot],
             "expression": meta["expressions"][slot],
             **dataclasses.asdict(score),
-            "always_rej": dataclasses.asdict(score_expression(empty, gt, True, kind)),
-            "always_seg_union": dataclasses.asdict(score_expression(union_of_objects, gt, False, kind)),
+            "box_iou": box_iou(effective, mask_box(gt)),
             **extra,
         }
+        if slot > 0:
+            record["parse_failures"] = 0
+        if "class_ids" in meta:
+            record["class_id"] = meta["class_ids"][slot]
+        if objects is not None:
+            record["always_rej"] = dataclasses.asdict(score_expression(np.zeros_like(gt), gt, True, kind))
+            record["always_seg_union"] = dataclasses.asdict(score_expression(objects, gt, False, kind))
         records.append(record)
     return records
 
 
-def _write_overlays(batch, conv: int, rejected: list[bool], masks: torch.Tensor, output_dir: Path) -> None:
+def _write_overlays(batch: GsvaBatch, conv: int, rejected: list[bool], masks: torch.Tensor, output_dir: Path) -> None:
     meta = batch.metadata[conv]
     panel = render_overlay(
         read_rgb(meta["image_path"]),
@@ -76,18 +88,19 @@ def _write_overlays(batch, conv: int, rejected: list[bool], masks: torch.Tensor,
         [m.cpu().numpy() > 0 for m in batch.target_masks[conv]],
         batch.slot_exists[conv].tolist(),
     )
-    save_overlay(output_dir / f"overlay_{meta['image_id']}.png", panel)
+    save_overlay(output_dir / f"overlay_{meta['item']:05d}_{meta['image_id']}_{conv}.png", panel)
 
 
 @torch.no_grad()
 def run_evaluation(
     model: GsvaModel,
-    dataset: ReferSegDataset,
+    dataset: Any,
     settings: EvalSettings,
     device: torch.device,
     tokenizer=None,
 ) -> list[dict[str, Any]]:
-    """Score every expression of ``dataset`` once; returns ALL ranks' records on every rank."""
+    """Score every slot of ``dataset`` (an evaluation dataset of ``gsva.engine.benchmarks``) once;
+    returns ALL ranks' records, in dataset order, on every rank."""
     if settings.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {settings.protocol!r}; expected one of {PROTOCOLS}")
     was_training = model.training
@@ -115,24 +128,13 @@ def run_evaluation(
                 _write_overlays(batch, conv, prediction.rejected, prediction.masks, overlay_dir)
                 overlays_left -= 1
     model.train(was_training)
+    for position, record in enumerate(records):
+        record["order"] = position  # slot order within this rank; items are whole on one rank
     records = gather_objects(records)
-    return sorted(records, key=lambda record: (record["image_id"], record["sent_id"]))
-
-
-def _scores(records: list[dict[str, Any]], key: str | None = None) -> list[ExpressionScore]:
-    fields = [f.name for f in dataclasses.fields(ExpressionScore)]
-    return [ExpressionScore(**{name: (record[key] if key else record)[name] for name in fields}) for record in records]
-
-
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Metrics of both variants, the trivial baselines, and protocol counters."""
-    scores = _scores(records)
-    return {
-        "num_expressions": len(records),
-        "parse_failures": int(sum(record.get("parse_failures", 0) for record in records)),
-        "metrics": {variant: gres_metrics(scores, variant) for variant in VARIANTS},
-        "baselines": {name: gres_metrics(_scores(records, name)) for name in BASELINES},
-    }
+    records.sort(key=lambda record: (record["item"], record["order"]))
+    for record in records:
+        del record["order"]
+    return records
 
 
 def _write_text_atomic(path: str | Path, text: str) -> None:

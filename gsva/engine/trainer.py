@@ -2,8 +2,8 @@
 
 Reads top to bottom: prepare data (and, for the tiny demo, pretrain the tiny components), build
 tokenizer + model, wrap in DeepSpeed with AdamW + warm-up/linear-decay, loop over micro-batches,
-log to TensorBoard, save DeepSpeed checkpoints and a consolidated ``model.safetensors`` of the
-trainable weights, then evaluate.
+log to TensorBoard, evaluate every ``run.eval_every`` steps (or each epoch), save DeepSpeed
+checkpoints and a consolidated ``model.safetensors`` of the trainable weights, then evaluate.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ from gsva.data.registry import open_training_dataset
 from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator
 from gsva.data.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
+from gsva.engine.benchmarks import parse_benchmark
 from gsva.engine.components import ComponentPaths, prepare_components
 from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
+from gsva.engine.evaluator import EvalSettings
+from gsva.engine.report import evaluate_benchmark
 from gsva.model.build import build_gsva
 from gsva.model.gsva import GsvaModel
 from gsva.model.weights import load_trainable_weights
@@ -57,6 +60,8 @@ class TrainResult:
     history: list[dict[str, float]]
     weights: Path
     writer: SummaryWriter | None
+    evaluations: dict[str, dict[str, Any] | None]
+    """Summary of each benchmark scored at the end (rank 0; None on the other ranks)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -214,6 +219,26 @@ def resolve_resume(path: Path) -> tuple[Path, str | None]:
     )
 
 
+def evaluate_benchmarks(
+    cfg: Config, model: GsvaModel, builder: SampleBuilder, device: torch.device, writer: SummaryWriter | None, step: int, final: bool
+) -> dict[str, dict[str, Any] | None]:
+    """Score ``run.eval_benchmarks`` (default: ``data.eval_dataset:data.eval_split``) with the
+    teacher-forced protocol on every rank; the final evaluation also writes its reports and
+    overlays under ``<output_dir>/eval_<dataset>_<split>``."""
+    specs = cfg.run.eval_benchmarks or [f"{cfg.data.eval_dataset}:{cfg.data.eval_split}"]
+    summaries = {}
+    for benchmark in map(parse_benchmark, specs):
+        settings = EvalSettings(
+            batch_size=cfg.run.eval_batch_size,
+            visualize=cfg.run.num_visualizations if final else 0,
+            output_dir=str(Path(cfg.run.output_dir) / f"eval_{benchmark.dataset}_{benchmark.split}") if final else None,
+        )
+        summaries[benchmark.name] = evaluate_benchmark(
+            model, builder, benchmark, cfg.data.dataset_dir, settings, device, writer=writer, step=step
+        )
+    return summaries
+
+
 def train(cfg: Config, resume: str | None = None) -> TrainResult:
     """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
     import deepspeed
@@ -250,7 +275,8 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
     output_dir.mkdir(parents=True, exist_ok=True)
     total_micro = total_steps * cfg.optim.grad_accum_steps
-    batches = training_batches(stream, training_sampler(stream, cfg, micro_step), cfg, builder)
+    sampler = training_sampler(stream, cfg, micro_step)
+    batches = training_batches(stream, sampler, cfg, builder)
     progress = tqdm(total=total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
     window: dict[str, list[float]] = {"total": [], "ce": [], "bce": [], "dice": []}
     history: list[dict[str, float]] = []
@@ -286,6 +312,8 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
                 writer.add_scalar("train/samples_per_second", cfg.run.log_every * cfg.optim.grad_accum_steps * cfg.optim.micro_batch_size * world_size() / seconds, step)
             window = {key: [] for key in window}
             tick = time.time()
+        if step < total_steps and _evaluation_due(cfg, sampler, step, micro_step):
+            evaluate_benchmarks(cfg, engine.module, builder, device, writer, step, final=False)
         if step % cfg.schedule.save_every == 0 or step == total_steps:
             client_state = {"micro_step": micro_step}
             engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client_state)
@@ -298,7 +326,16 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         if writer is not None:
             writer.flush()
     barrier()
+    evaluations = evaluate_benchmarks(cfg, engine.module, builder, device, writer, engine.global_steps, final=True) if cfg.run.eval_at_end else {}
     return TrainResult(
         cfg=cfg, model=engine.module, tokenizer=tokenizer, prompts=prompts, device=device,
         steps=engine.global_steps, history=history, weights=final_dir / "model.safetensors", writer=writer,
+        evaluations=evaluations,
     )
+
+
+def _evaluation_due(cfg: Config, sampler: MixtureSampler | FullPassSampler, step: int, micro_step: int) -> bool:
+    """``run.eval_every`` optimizer steps, or (epochs mode) ``run.eval_each_epoch`` at each epoch end."""
+    if cfg.run.eval_every and step % cfg.run.eval_every == 0:
+        return True
+    return cfg.run.eval_each_epoch and isinstance(sampler, FullPassSampler) and micro_step % sampler.batches_per_epoch == 0

@@ -158,7 +158,11 @@ def _scale_tiny_init(language_model: nn.Module) -> None:
 
 
 def build_tiny_llava(dims: TinyDims, vocab_size: int, clip_image_size: int, use_im_start_end: bool) -> LlavaModel:
-    """A randomly initialised LLaVA (LLaMA decoder + CLIP vision tower + linear projector)."""
+    """A randomly initialised LLaVA (LLaMA decoder + CLIP vision tower + linear projector).
+
+    The image is wrapped in ``<im_start>``/``<im_end>`` when ``use_im_start_end`` or
+    ``dims.use_im_start_end`` is set.
+    """
     language_model = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=vocab_size,
@@ -167,7 +171,7 @@ def build_tiny_llava(dims: TinyDims, vocab_size: int, clip_image_size: int, use_
             num_hidden_layers=dims.llm_layers,
             num_attention_heads=dims.llm_heads,
             num_key_value_heads=dims.llm_heads,
-            max_position_embeddings=1024,
+            max_position_embeddings=dims.llm_max_position_embeddings,
             rms_norm_eps=1e-6,
             tie_word_embeddings=False,
             bos_token_id=1,
@@ -188,7 +192,7 @@ def build_tiny_llava(dims: TinyDims, vocab_size: int, clip_image_size: int, use_
         )
     )
     projector = build_projector("linear", dims.clip_hidden_size, dims.llm_hidden_size)
-    return LlavaModel(language_model, vision_tower, projector, use_im_start_end=use_im_start_end)
+    return LlavaModel(language_model, vision_tower, projector, use_im_start_end=use_im_start_end or dims.use_im_start_end)
 
 
 def save_llava_checkpoint(llava: LlavaModel, output_dir: str | Path, vision_tower_dir: str | Path) -> None:

@@ -21,7 +21,10 @@ PUBLISHED_SAM_TYPES = ("vit_h", "vit_l", "vit_b")
 def build_tiny_sam(dims: TinyDims, image_size: int) -> Sam:
     """A randomly initialised SAM with the standard architecture at small sizes."""
     embedding_size = image_size // dims.sam_patch_size
-    global_layers = tuple(range(dims.sam_depth)) if dims.sam_window_size == 0 else (dims.sam_depth - 1,)
+    if dims.sam_global_attn_indexes is not None:
+        global_layers = tuple(dims.sam_global_attn_indexes)
+    else:
+        global_layers = tuple(range(dims.sam_depth)) if dims.sam_window_size == 0 else (dims.sam_depth - 1,)
     return Sam(
         image_encoder=ImageEncoderViT(
             img_size=image_size,
