@@ -112,3 +112,17 @@ def test_launch_scripts_name_shipped_recipes(tmp_path: Path, script: str, model:
     overrides = [arg for arg in args[args.index("--config") + 2 :] if arg]
     cfg = load_config(REPO / config, overrides)
     assert cfg.data.dataset_dir == "/data/gsva" and cfg.model.lora_r == MODELS[model][0]
+
+
+def test_evaluate_script_passes_benchmarks_to_eval_py(tmp_path: Path):
+    fake = tmp_path / "deepspeed"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "WEIGHTS": "w", "BENCHMARKS": "refcoco:val refzom:test", "DATASET_DIR": "/d"}
+    done = subprocess.run(["bash", "scripts/evaluate.sh", "--prompt-style", "lisa"], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=True)
+    args = [arg for arg in done.stdout.split("\n") if arg]
+    assert args[:3] == ["--num_gpus", "8", "eval.py"]
+    benchmarks = args[args.index("--benchmark") + 1 : args.index("--protocol")]
+    assert benchmarks == ["refcoco:val", "refzom:test"]
+    assert args[-3:] == ["--prompt-style", "lisa", "data.dataset_dir=/d"]
