@@ -29,6 +29,9 @@ from gsva.model.query_projector import QueryProjector
 from gsva.special_tokens import IGNORE_INDEX
 
 
+SAM_IMAGES_PER_CHUNK = 4
+
+
 @dataclass(frozen=True)
 class SlotTokenIds:
     seg_ids: tuple[int, ...]
@@ -77,11 +80,13 @@ class GsvaModel(nn.Module):
 
     # ----------------------------------------------------------------- shared pieces
     def encode_sam_images(self, batch: GsvaBatch) -> torch.Tensor:
-        """(B, 3, S, S) uint8 -> (B, C, S/16, S/16) embeddings of the frozen SAM image encoder."""
+        """(B, 3, S, S) uint8 -> (B, C, S/16, S/16) embeddings of the frozen SAM image encoder,
+        ``SAM_IMAGES_PER_CHUNK`` images at a time (its global attention holds a (heads, N, N)
+        matrix per image: chunks bound the memory of large evaluation batches)."""
         encoder = self.visual_model.image_encoder
-        pixels = normalize_sam_images(batch.sam_images, batch.resized_sizes)
+        pixels = normalize_sam_images(batch.sam_images, batch.resized_sizes).to(encoder.patch_embed.proj.weight.dtype)
         with torch.no_grad():
-            return encoder(pixels.to(encoder.patch_embed.proj.weight.dtype))
+            return torch.cat([encoder(chunk) for chunk in pixels.split(SAM_IMAGES_PER_CHUNK)])
 
     def _hidden_states(self, batch: GsvaBatch, input_ids: torch.Tensor, conv_to_image: torch.Tensor, labels=None):
         image_features = self.mllm.encode_images(batch.clip_images)

@@ -13,6 +13,11 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
 
 
+QUERIES_PER_CHUNK = 16
+"""Queries decoded together: each carries its own copy of the image embedding through the two-way
+transformer, so chunks bound the memory of large evaluation batches (and keep them cache-sized)."""
+
+
 def decode_masks(
     mask_decoder: MaskDecoder,
     prompt_encoder: PromptEncoder,
@@ -20,13 +25,31 @@ def decode_masks(
     queries: torch.Tensor,
     query_to_image: torch.Tensor,
 ) -> torch.Tensor:
-    """Low-resolution mask logits for each query.
+    """Low-resolution mask logits for each query, decoded ``QUERIES_PER_CHUNK`` at a time.
 
     image_embeddings: (B, C, h, w) SAM image embeddings.
     queries: (Q, C) sparse prompt embeddings (one token per query).
     query_to_image: (Q,) long, image index of each query.
     Returns (Q, 4h, 4w) mask logits.
     """
+    chunks = [
+        _decode_chunk(mask_decoder, prompt_encoder, image_embeddings, queries[start : start + QUERIES_PER_CHUNK], query_to_image[start : start + QUERIES_PER_CHUNK])
+        for start in range(0, queries.shape[0], QUERIES_PER_CHUNK)
+    ]
+    if not chunks:
+        height, width = image_embeddings.shape[-2:]
+        return image_embeddings.new_zeros((0, 4 * height, 4 * width))
+    return torch.cat(chunks)
+
+
+def _decode_chunk(
+    mask_decoder: MaskDecoder,
+    prompt_encoder: PromptEncoder,
+    image_embeddings: torch.Tensor,
+    queries: torch.Tensor,
+    query_to_image: torch.Tensor,
+) -> torch.Tensor:
+    """``decode_masks`` for one chunk of queries: (Q, C), (Q,) -> (Q, 4h, 4w)."""
     dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     source = image_embeddings.index_select(0, query_to_image) + dense
     position = prompt_encoder.get_dense_pe().to(source.dtype).expand(source.shape[0], -1, -1, -1)
