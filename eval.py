@@ -22,9 +22,8 @@ from pathlib import Path
 
 from gsva.config import load_config
 from gsva.data.prompts import EVAL_QUESTIONS, resolve_eval_question
-from gsva.data.refer_seg_dataset import PROMPT_STYLES
 from gsva.data.sample_builder import SampleBuilder
-from gsva.engine.benchmarks import parse_benchmark
+from gsva.engine.benchmarks import PROMPT_STYLES, parse_benchmark
 from gsva.engine.distributed import init_distributed
 from gsva.engine.evaluator import PROTOCOLS, EvalSettings
 from gsva.engine.report import evaluate_benchmark
@@ -45,6 +44,8 @@ def parse_args() -> argparse.Namespace:
                              "generate: free greedy decoding with KV cache, answers parsed into slots")
     parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="gsva",
                         help="referring benchmarks: gsva = one prompt naming all of an image's expressions (the paper); "
+                             "gsva_release = the same with the exact prompt of the authors' released evaluation "
+                             "(use it to reproduce their published numbers with their weights); "
                              "lisa = one classic single-target prompt per expression")
     parser.add_argument("--one-expression-per-prompt", action="store_true",
                         help="referring benchmarks: ask the gsva question once per expression instead of once per image")

@@ -10,6 +10,7 @@ from gsva.data.conversation import get_template
 from gsva.data.prompts import SINGLE_ANSWERS, PromptSettings
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.tokenizer import add_task_tokens, load_tokenizer
+from gsva.engine.benchmarks import builder_for_style
 from gsva.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REJ_TOKEN, SEG_TOKEN
 
 IMAGE = np.full((20, 30, 3), 100, dtype=np.uint8)
@@ -116,3 +117,15 @@ def test_evaluation_asks_one_conversation_per_query_with_single_or_multi_questio
     assert second.metadata == {"keys": [3], "expressions": ["blue"]}
     with pytest.raises(ValueError, match="asks for one target"):
         builder(tokenizer).evaluation(IMAGE, [EvalQuery([red, blue], "What is {obj}?", {})])
+
+
+def test_release_prompt_reproduces_the_authors_evaluation_text(tokenizer):
+    release = builder_for_style(builder(tokenizer), "gsva_release")
+    red, blue = targets()
+    query = EvalQuery([replace(red, text=" Left Dog."), blue], release.prompts.eval_question, {})
+    conversation = release.evaluation(IMAGE, [query]).conversations[0]
+    text = full_text(tokenizer, conversation)
+    assert "USER: \n What are left dog, bluein this image? Please output segmentation masks. ASSISTANT:" in text
+    assert text.endswith("ASSISTANT: Sure,left dog:[SEG], blue:[REJ].</s>")
+    assert conversation.metadata["expressions"] == ["left dog", "blue"]
+    assert builder_for_style(builder(tokenizer), "gsva").prompts.eval_answer == "Sure, {slots}."

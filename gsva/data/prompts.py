@@ -68,6 +68,16 @@ the paper's ADE20K prompt (Table A5), and reasoning queries."""
 
 EVAL_SINGLE_ANSWER = "Sure, {slot}."
 
+RELEASE_EVAL_PROMPT = {
+    "eval_question": " What are {objs}in this image? Please output segmentation masks.",
+    "eval_answer": "Sure,{slots}.",
+    "slot_separator": ":",
+    "release_text_normalization": True,
+}
+"""The gRefCOCO evaluation prompt of the authors' released code, character for character (leading
+space, no space before "in", "Sure,a:[SEG], b:[REJ]."), with its lower-cased expressions: their
+published numbers were scored with it (``eval.py --prompt-style gsva_release``)."""
+
 SINGLE_ANSWERS = (
     "It is {slot}.",
     "Sure, {slot}.",
@@ -89,6 +99,14 @@ class PromptSettings:
     """False = the LISA baseline: absent targets are left out of training prompts, and every
     evaluation slot is answered ``[SEG]`` (the model never rejects)."""
     eval_question: str = "Please segment {objs} in this image."
+    eval_answer: str = ANSWERS[0]
+    slot_separator: str = ": "
+    release_text_normalization: bool = False
+    """Lower-case evaluation expressions and strip their spaces and final dots, as the authors'
+    released evaluation does (``RELEASE_EVAL_PROMPT``)."""
+
+    def eval_expression(self, text: str) -> str:
+        return text.strip().lower().strip().strip(".") if self.release_text_normalization else text
 
     @property
     def image_marker(self) -> str:
@@ -100,11 +118,14 @@ class PromptSettings:
         return [self.seg_tokens[index % len(self.seg_tokens)] for index in range(count)]
 
 
-def format_slots(expressions: list[str], exists: list[bool], seg_tokens: list[str] | None = None) -> str:
-    """``"a: [SEG], b: [REJ]"``; ``seg_tokens`` gives the token of each slot (individual-[SEG] ablation)."""
+def format_slots(
+    expressions: list[str], exists: list[bool], seg_tokens: list[str] | None = None, separator: str = ": "
+) -> str:
+    """``"a: [SEG], b: [REJ]"``; ``seg_tokens`` gives the token of each slot (individual-[SEG]
+    ablation), ``separator`` what stands between an expression and its token."""
     tokens = seg_tokens or [SEG_TOKEN] * len(expressions)
     return ", ".join(
-        f"{expression}: {token if present else REJ_TOKEN}"
+        f"{expression}{separator}{token if present else REJ_TOKEN}"
         for expression, present, token in zip(expressions, exists, tokens)
     )
 

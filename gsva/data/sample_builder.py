@@ -22,7 +22,6 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from gsva.data.prompts import (
-    ANSWERS,
     EVAL_SINGLE_ANSWER,
     EXPLAIN_SUFFIXES,
     SENTENCE_QUESTIONS,
@@ -127,12 +126,13 @@ class SampleBuilder:
         asks for a single target, answered "Sure, [SEG]." (or ``[REJ]``). Prompts are never cut."""
         conversations = []
         for query in queries:
-            texts = [target.text for target in query.targets]
+            texts = [self.prompts.eval_expression(target.text) for target in query.targets]
             answered = [target.exists or not self.prompts.use_rej_token for target in query.targets]
             slot_tokens = self.prompts.slot_tokens(len(texts))
             if "{objs}" in query.question:
                 question = question_text(texts, query.question, self.prompts.image_marker)
-                answer = ANSWERS[0].format(slots=format_slots(texts, answered, slot_tokens))
+                slots = format_slots(texts, answered, slot_tokens, self.prompts.slot_separator)
+                answer = self.prompts.eval_answer.format(slots=slots)
             else:
                 if len(texts) != 1:
                     raise ValueError(f"question {query.question!r} asks for one target, got {len(texts)}")

@@ -22,6 +22,7 @@ from typing import Any
 
 from gsva.catalog import BENCHMARK_FAMILIES, check_benchmark
 from gsva.benchmark_metrics import class_miou, reason_seg_metrics, refzom_metrics, res_metrics
+from gsva.data.prompts import RELEASE_EVAL_PROMPT
 from gsva.data.reason_seg import ReasonSegIndex
 from gsva.data.reason_seg_dataset import ReasonSegEvalDataset
 from gsva.data.refer import ReferIndex
@@ -60,16 +61,33 @@ def parse_benchmark(spec: str) -> Benchmark:
     return Benchmark(*check_benchmark(spec))
 
 
+PROMPT_STYLES = ("gsva", "gsva_release", "lisa")
+"""gsva: one prompt per image naming all its expressions (the paper); gsva_release: the same with
+the exact prompt of the authors' released evaluation; lisa: one single-target prompt per
+expression."""
+
+
+def builder_for_style(builder: SampleBuilder, prompt_style: str) -> SampleBuilder:
+    """``builder`` with the authors' released evaluation prompt when ``prompt_style`` asks for it."""
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {prompt_style!r}; expected one of {PROMPT_STYLES}")
+    if prompt_style != "gsva_release":
+        return builder
+    return SampleBuilder(builder.tokenizer, dataclasses.replace(builder.prompts, **RELEASE_EVAL_PROMPT), builder.settings)
+
+
 def open_benchmark(
     benchmark: Benchmark, dataset_root: Path | str, builder: SampleBuilder, prompt_style: str = "gsva", one_per_prompt: bool = False
 ) -> ReferSegDataset | ReasonSegEvalDataset | Ade20kEvalDataset:
     """The evaluation dataset of ``benchmark``; the prompt options apply to referring benchmarks."""
+    builder = builder_for_style(builder, prompt_style)
     if benchmark.family == "reason_seg":
         return ReasonSegEvalDataset(ReasonSegIndex(dataset_root, benchmark.split, load_explanations=False), builder)
     if benchmark.family == "ade20k":
         return Ade20kEvalDataset(open_semseg_source("ade20k", dataset_root, benchmark.split), builder)
     index = ReferIndex(dataset_root, benchmark.dataset)
-    return ReferSegDataset(index, benchmark.split, builder, train=False, prompt_style=prompt_style, one_per_prompt=one_per_prompt)
+    style = "lisa" if prompt_style == "lisa" else "gsva"
+    return ReferSegDataset(index, benchmark.split, builder, train=False, prompt_style=style, one_per_prompt=one_per_prompt)
 
 
 def scores_of(records: list[dict[str, Any]], key: str | None = None) -> list[ExpressionScore]:

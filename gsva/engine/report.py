@@ -61,7 +61,7 @@ def evaluate_benchmark(
         protocol=settings.protocol,
         prompt_style=prompt_style,
         one_expression_per_prompt=one_per_prompt or prompt_style == "lisa",
-        question=builder.prompts.eval_question,
+        question=dataset.builder.prompts.eval_question,
         settings=asdict(settings),
     )
     print_summary(summary, settings.protocol, variant)
