@@ -14,6 +14,7 @@ import torch
 
 from gsva.config import TinyDims
 from gsva.model.mllm import build_tiny_llava
+from gsva.model.released import released_name
 from gsva.model.sam import build_tiny_sam
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,22 +40,10 @@ def bench_model(tmp_path_factory):
     return tokenizer, model, prompts
 
 
-# Released names -> GsvaModel names (the released model wraps LISA's in peft's PeftModel).
-RENAMES = (
-    ("base_model.model.lm_head.", "mllm.language_model.lm_head."),
-    ("base_model.model.model.vision_tower.vision_tower.", "mllm.vision_tower."),
-    ("base_model.model.model.mm_projector.", "mllm.mm_projector."),
-    ("base_model.model.model.visual_model.", "visual_model."),
-    ("base_model.model.model.text_hidden_fcs.0.", "query_projector."),
-    ("base_model.model.model.", "mllm.language_model.model."),
-)
-
-
 def _ours(released: str) -> str:
-    for prefix, replacement in RENAMES:
-        if released.startswith(prefix):
-            return replacement + released[len(prefix):]
-    raise AssertionError(f"no mapping for released key {released}")
+    name = released_name(released, "gsva-bin")
+    assert name is not None, f"no mapping for released key {released}"
+    return name
 
 
 def test_bench_model_key_shapes(bench_model):

@@ -20,8 +20,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import yaml
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -42,6 +40,7 @@ from gsva.engine.evaluator import EvalSettings
 from gsva.engine.report import evaluate_benchmark
 from gsva.model.build import build_gsva
 from gsva.model.gsva import GsvaModel
+from gsva.model.pretrained import save_pretrained
 from gsva.model.weights import load_trainable_weights
 
 LOGGER = logging.getLogger(__name__)
@@ -187,17 +186,6 @@ def total_optimizer_steps(sampler: MixtureSampler | FullPassSampler, cfg: Config
     return math.ceil(cfg.schedule.epochs * sampler.batches_per_epoch / cfg.optim.grad_accum_steps)
 
 
-def save_trainable_weights(model: GsvaModel, cfg: Config, directory: Path) -> Path:
-    """Rank 0 writes ``model.safetensors`` (trainable weights) + ``config.yaml`` atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    partial = directory / "model.safetensors.partial"
-    save_file(state, str(partial), metadata={"format": "pt"})
-    partial.rename(directory / "model.safetensors")
-    (directory / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return directory / "model.safetensors"
-
-
 def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` step checkpoints; the one named by ``latest`` is
     always kept."""
@@ -322,7 +310,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     progress.close()
     final_dir = output_dir / "final"
     if is_main():
-        save_trainable_weights(engine.module, cfg, final_dir)
+        save_pretrained(engine.module, cfg, final_dir)
         if writer is not None:
             writer.flush()
     barrier()

@@ -10,7 +10,8 @@ from gsva.data.conversation import get_template
 from gsva.data.prompts import PromptSettings
 from gsva.data.tokenizer import add_task_tokens, load_tokenizer, task_token_strings
 from gsva.model.gsva import GsvaModel, SlotTokenIds
-from gsva.model.mllm import build_tiny_llava, load_llava
+from gsva.model.llava_hf import load_llava_any
+from gsva.model.mllm import build_tiny_llava
 from gsva.model.sam import build_sam
 from gsva.model.trainable import add_lora, apply_trainable_policy
 from gsva.special_tokens import REJ_TOKEN
@@ -39,7 +40,7 @@ def _build(cfg: Config) -> tuple[PreTrainedTokenizerBase, GsvaModel, PromptSetti
         raise ValueError("model.tokenizer_path (or model.llava_path) must name a tokenizer directory")
     tokenizer = load_tokenizer(tokenizer_path, cfg.data.model_max_length)
     if model_cfg.llava_path is not None:
-        llava = load_llava(model_cfg.llava_path, model_cfg.vision_tower_path, dtype)
+        llava = load_llava_any(model_cfg.llava_path, model_cfg.vision_tower_path, dtype)
     else:
         llava = build_tiny_llava(model_cfg.tiny, len(tokenizer), cfg.data.clip_image_size, use_im_start_end=False)
     tokens = task_token_strings(

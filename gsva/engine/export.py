@@ -1,0 +1,220 @@
+"""From a DeepSpeed checkpoint to a GSVA model directory (``scripts/export.py``).
+
+``export_checkpoint(checkpoint, out)``: the fp32 weights of a ZeRO stage 0/1/2 checkpoint
+(``<output_dir>/checkpoints`` — its ``latest`` tag — or one ``stepN`` directory) are consolidated
+with DeepSpeed's ``zero_to_fp32`` utility, loaded strictly into the model rebuilt from the run's
+config (every ``requires_grad`` parameter must be filled), and written as ``model.safetensors`` +
+``config.yaml`` (``save_pretrained``) + ``config.json`` (step, lora_r, source). The result loads
+with ``from_pretrained(out)`` and ``eval.py --weights out``.
+
+``merge_lora=True`` folds each LoRA adapter into its base weight (peft's merge,
+``W + B·A·alpha/r``) and writes a self-contained model directory instead::
+
+    out/llava/        original LLaVA layout: merged LLM + mm_projector (config.json,
+                      model.safetensors; the LLM part loads with LlamaForCausalLM) + tokenizer
+    out/clip/         the CLIP vision tower (HF directory, referenced by mm_vision_tower)
+    out/sam.pth       the whole SAM (segment_anything key layout)
+    out/model.safetensors + config.yaml   model.lora_r=0 and the paths above: the trainable set
+                      of that policy (mask decoder, query projector) loads strictly
+    out/config.json   the summary
+
+The run's config is ``--config`` when given, else ``<output_dir>/final/config.yaml`` or
+``<output_dir>/config.yaml`` (the DeepSpeed checkpoint does not hold it). The model is rebuilt
+on the CPU in the config's precision: exporting a 7B run needs that much host memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
+from torch import nn
+
+from gsva.config import Config, load_config
+from gsva.data.tokenizer import load_tokenizer
+from gsva.engine.components import ComponentPaths
+from gsva.engine.trainer import resolve_resume
+from gsva.model.build import build_gsva
+from gsva.model.gsva import GsvaModel
+from gsva.model.mllm import save_llava_checkpoint
+from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_weights_dir
+from gsva.model.trainable import apply_trainable_policy
+
+LOGGER = logging.getLogger(__name__)
+SUMMARY_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    step: int
+    source: Path
+    """The checkpoint tag directory that was read."""
+    num_tensors: int
+    """Tensors in the written ``model.safetensors``."""
+    merged_lora_modules: int
+
+
+def locate_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """(checkpoints directory, tag) for a checkpoints directory (its ``latest``) or one tag dir."""
+    checkpoints, tag = resolve_resume(Path(path))
+    if tag is None:
+        tag = (checkpoints / "latest").read_text().strip()
+    if not (checkpoints / tag).is_dir():
+        raise FileNotFoundError(f"checkpoint tag {tag!r} (from {checkpoints / 'latest'}) has no directory")
+    return checkpoints, tag
+
+
+def find_run_config(checkpoints: Path) -> Path:
+    """The config of the run that wrote ``checkpoints`` (``<output_dir>/checkpoints``)."""
+    run_dir = checkpoints.parent
+    for candidate in (run_dir / "final" / CONFIG_NAME, run_dir / CONFIG_NAME):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no config.yaml found for {checkpoints} (looked in {run_dir / 'final'} and {run_dir}); pass --config"
+    )
+
+
+def run_config(config_file: Path, overrides: list[str]) -> Config:
+    """The config as the run used it: component paths of the tiny demo filled in as training does."""
+    cfg = load_config(config_file, overrides)
+    if cfg.components.enabled and cfg.model.llava_path is None:
+        paths = ComponentPaths.under(cfg.components.output_dir)
+        if not paths.complete():
+            raise FileNotFoundError(f"the run's pretrained tiny components are missing under {cfg.components.output_dir}")
+        model = replace(cfg.model, llava_path=str(paths.llava_dir), sam_checkpoint=str(paths.sam_checkpoint), sam_type="tiny")
+        cfg = replace(cfg, model=model)
+    return cfg
+
+
+def consolidated_fp32_state(checkpoints: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The fp32 weights of one checkpoint, whole. ZeRO 1/2 (and bf16 at stage 0) keep fp32
+    master partitions in ``*zero_pp_rank_*_optim_states.pt``: DeepSpeed's ``zero_to_fp32``
+    merges them. Plain stage 0 in fp32 has no partitions: the module state is the fp32 weights."""
+    tag_dir = checkpoints / tag
+    if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag, exclude_frozen_parameters=True)
+    model_states = tag_dir / "mp_rank_00_model_states.pt"
+    if not model_states.is_file():
+        raise FileNotFoundError(f"{tag_dir}: neither ZeRO optimizer partitions nor {model_states.name}")
+    # DeepSpeed's own files hold pickled DeepSpeed objects (its zero_to_fp32 loads them the same way).
+    module = torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+    if any(tensor.is_floating_point() and tensor.dtype != torch.float32 for tensor in module.values()):
+        raise ValueError(f"{tag_dir}: stage-0 checkpoint in reduced precision without fp32 master weights")
+    return module
+
+
+def checkpoint_step(checkpoints: Path, tag: str) -> int:
+    match = re.fullmatch(r"step(\d+)", tag)
+    if match:
+        return int(match.group(1))
+    module = torch.load(checkpoints / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return int(module["global_steps"])
+
+
+def load_consolidated(model: GsvaModel, state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Copy ``state`` into every trainable parameter of ``model``; all must be there. Returns
+    the fp32 tensors of the trainable parameters (the other entries of ``state`` are dropped)."""
+    parameters = dict(model.named_parameters())
+    trainable = {name for name, parameter in parameters.items() if parameter.requires_grad}
+    missing = sorted(trainable - set(state))
+    if missing:
+        raise ValueError(
+            f"{source}: {len(missing)} trainable weights of the model rebuilt from the config are not in the "
+            f"checkpoint, e.g. {missing[:5]}; is this the run's config?"
+        )
+    with torch.no_grad():
+        for name in trainable:
+            tensor, target = state[name], parameters[name]
+            if tensor.shape != target.shape:
+                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
+            target.copy_(tensor.to(target.dtype))
+    return {name: state[name].float().contiguous() for name in sorted(trainable)}
+
+
+def merge_lora_(module: nn.Module) -> int:
+    """Fold every peft LoRA layer inside ``module`` into its base layer and put the base layer
+    back in its place (plain ``nn.Linear`` again). Returns the number of merged layers."""
+    merged = 0
+    for name, child in list(module.named_modules()):
+        if not isinstance(child, LoraLayer):
+            continue
+        child.merge(safe_merge=True)
+        parent_name, _, attribute = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attribute, child.get_base_layer())
+        merged += 1
+    return merged
+
+
+def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]:
+    """Merge LoRA into ``model`` (in place) and write the self-contained layout; returns the
+    config of the written directory and the number of merged layers."""
+    language_model = model.mllm.language_model
+    merged = merge_lora_(language_model)
+    llava_dir, clip_dir, sam_file = out / "llava", out / "clip", out / "sam.pth"
+    save_llava_checkpoint(model.mllm, llava_dir, clip_dir)
+    # The base tokenizer (task tokens are added again on load, with the same ids).
+    load_tokenizer(cfg.model.tokenizer_path or cfg.model.llava_path, cfg.data.model_max_length).save_pretrained(str(llava_dir))
+    torch.save({name: tensor.cpu() for name, tensor in model.visual_model.state_dict().items()}, sam_file)
+    model_cfg = replace(
+        cfg.model,
+        llava_path=str(llava_dir.resolve()),
+        tokenizer_path=str(llava_dir.resolve()),
+        vision_tower_path=str(clip_dir.resolve()),
+        sam_checkpoint=str(sam_file.resolve()),
+        lora_r=0,
+        init_weights=None,
+    )
+    merged_cfg = replace(cfg, model=model_cfg, components=replace(cfg.components, enabled=False))
+    # The policy of lora_r=0 on the merged model: only what it trains is stored beside.
+    apply_trainable_policy(model, model_cfg)
+    return merged_cfg, merged
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    merge_lora: bool = False,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> ExportResult:
+    """Consolidate ``checkpoint`` into the model directory ``out`` (see the module docstring)."""
+    checkpoints, tag = locate_checkpoint(checkpoint)
+    out = Path(out)
+    cfg = run_config(Path(config) if config else find_run_config(checkpoints), overrides or [])
+    LOGGER.info("consolidating %s", checkpoints / tag)
+    state = consolidated_fp32_state(checkpoints, tag)
+    _, model, _ = build_gsva(cfg)
+    trainable = load_consolidated(model, state, checkpoints / tag)
+    del state
+    model.eval()
+    merged = 0
+    if merge_lora:
+        merged_cfg, merged = write_merged(model, cfg, out)
+        weights = save_pretrained(model, merged_cfg, out)
+    else:
+        weights = write_weights_dir(trainable, cfg, out)  # the fp32 master weights, whatever the precision
+    step = checkpoint_step(checkpoints, tag)
+    summary = {
+        "step": step,
+        "lora_r": cfg.model.lora_r,
+        "merged_lora": merge_lora,
+        "merged_lora_modules": merged,
+        "source": str((checkpoints / tag).resolve()),
+        "zero_stage": cfg.optim.zero_stage,
+        "precision": cfg.model.precision,
+    }
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    with safe_open(str(weights), framework="pt") as handle:
+        num_tensors = len(list(handle.keys()))
+    return ExportResult(directory=out, step=step, source=checkpoints / tag, num_tensors=num_tensors, merged_lora_modules=merged)

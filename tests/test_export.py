@@ -1,0 +1,135 @@
+"""Model directories: save_pretrained / from_pretrained, the DeepSpeed checkpoint export (plain and
+LoRA-merged) round trip, and scripts/infer.py on a saved tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from gsva.engine.export import export_checkpoint
+from gsva.engine.trainer import train
+from gsva.model.build import build_gsva
+from gsva.model.pretrained import from_pretrained, save_pretrained
+from tests.conftest import REPO, tiny_config
+from tests.test_model import make_batch
+
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def outputs(model, batch):
+    """Teacher-forced decisions + masks and the forward losses of ``batch`` (eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        predictions = model.predict_teacher_forced(batch)
+        losses = model(batch)
+    return predictions, torch.stack([losses.total.detach(), losses.ce, losses.bce, losses.dice])
+
+
+def test_save_then_from_pretrained_is_identical(synthetic_root, tokenizer_dir, tmp_path):
+    cfg = tiny_config(synthetic_root, tokenizer_dir, "model.lora_r=4")
+    tokenizer, model, prompts = build_gsva(cfg)
+    with torch.no_grad():  # move the trainable weights away from what a rebuild gives
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    save_pretrained(model, cfg, tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.yaml", "model.safetensors"]
+    loaded = from_pretrained(tmp_path / "saved")
+    assert not loaded.model.training
+    batch, _ = make_batch(cfg, tokenizer, prompts)
+    (expected, expected_losses), (got, got_losses) = outputs(model, batch), outputs(loaded.model, batch)
+    assert torch.equal(expected_losses, got_losses)
+    for a, b in zip(expected, got):
+        assert a.rejected == b.rejected and torch.equal(a.masks, b.masks)
+
+
+@pytest.mark.slow
+def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(
+        synthetic_root, tokenizer_dir, f"run.output_dir={run}", "model.lora_r=4", "schedule.steps=3",
+        "schedule.save_every=2", "run.eval_at_end=false", "optim.micro_batch_size=2", "optim.lr=1e-2",
+        "optim.warmup_steps=0",
+    )
+    torch.manual_seed(0)
+    _, untrained, _ = build_gsva(cfg)
+    result = train(cfg)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step3"
+    trained = result.model.cpu().eval()
+    batch, _ = make_batch(cfg, result.tokenizer, result.prompts)
+    expected, expected_losses = outputs(trained, batch)
+    _, untrained_losses = outputs(untrained, batch)
+    assert not torch.equal(expected_losses, untrained_losses)  # training moved the weights
+
+    exported = export_checkpoint(run / "checkpoints", tmp_path / "export")
+    assert exported.step == 3
+    summary = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert summary["step"] == 3 and summary["lora_r"] == 4 and summary["source"].endswith("step3")
+    loaded = from_pretrained(tmp_path / "export")
+    got, got_losses = outputs(loaded.model, batch)
+    assert torch.equal(expected_losses, got_losses), (expected_losses, got_losses)
+    for a, b in zip(expected, got):
+        assert a.rejected == b.rejected and torch.equal(a.masks, b.masks)
+    print("plain export losses", expected_losses.tolist(), got_losses.tolist())
+
+    # An earlier tag directory exports too (step 2 is not the in-memory model).
+    assert export_checkpoint(run / "checkpoints" / "step2", tmp_path / "export2").step == 2
+
+    merged = export_checkpoint(run / "checkpoints", tmp_path / "merged", merge_lora=True)
+    assert merged.merged_lora_modules == 2 * cfg.model.tiny.llm_layers  # q_proj and v_proj per layer
+    merged_model = from_pretrained(tmp_path / "merged")
+    assert merged_model.cfg.model.lora_r == 0
+    assert not any("lora_" in name for name, _ in merged_model.model.named_parameters())
+    got, got_losses = outputs(merged_model.model, batch)
+    difference = (got_losses - expected_losses).abs().max().item()
+    print("merged export losses", got_losses.tolist(), "max |difference|", difference)
+    assert difference < 1e-5
+    for a, b in zip(expected, got):
+        assert a.rejected == b.rejected
+        assert (a.masks != b.masks).float().mean() < 1e-3  # logits within 1e-5: a pixel may flip at 0
+    llm = LlamaForCausalLM.from_pretrained(str(tmp_path / "merged" / "llava"))
+    reference = merged_model.model.mllm.language_model.state_dict()
+    for name, tensor in llm.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_infer_script_writes_masks_and_prints_decisions(synthetic_root, tokenizer_dir, tmp_path):
+    cfg = tiny_config(synthetic_root, tokenizer_dir)
+    _, model, _ = build_gsva(cfg)
+    save_pretrained(model, cfg, tmp_path / "weights")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg"):
+        cv2.imwrite(str(images / name), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    environment = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    command = [
+        sys.executable, "scripts/infer.py", "--weights", str(tmp_path / "weights"), "--images-dir", str(images),
+        "--expressions", "red square, blue circle", "--max-new-tokens", "12", "--batch-size", "2",
+        "--output-dir", str(tmp_path / "out"),
+    ]
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stem in ("a", "b"):
+        assert f"== {images / (stem + ('.png' if stem == 'a' else '.jpg'))}" in result.stdout
+        for index, expression in enumerate(["red_square", "blue_circle"]):
+            mask = cv2.imread(str(tmp_path / "out" / stem / f"mask_{index:02d}_{expression}.png"), cv2.IMREAD_UNCHANGED)
+            assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 255}
+        assert (tmp_path / "out" / stem / "overlay.png").is_file()
+    lines = result.stdout.splitlines()
+    assert sum(line.strip().startswith("answer:") for line in lines) == 2
+    assert sum(("red square" in line) and ("[SEG]" in line or "[REJ]" in line) for line in lines) == 2
+
+    prompt = subprocess.run(
+        [sys.executable, "scripts/infer.py", "--weights", str(tmp_path / "weights"), "--image", str(images / "a.png"),
+         "--prompt", "the thing that is most red", "--max-new-tokens", "8", "--output-dir", str(tmp_path / "reason")],
+        cwd=REPO, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert prompt.returncode == 0, prompt.stderr[-3000:]
+    assert (tmp_path / "reason" / "a" / "mask_00_the_thing_that_is_most_red.png").is_file()
