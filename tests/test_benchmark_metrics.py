@@ -26,17 +26,7 @@ from gsva.benchmark_metrics import (
 from gsva.metrics import EXPRESSION_KINDS, PRECISION_THRESHOLDS, VARIANTS, gres_metrics, score_expression
 
 
-def approx(value: Fraction | float) -> object:
-    return pytest.approx(float(value), rel=1e-12, abs=0.0)
-
-
-def mask(rows: slice, cols: slice, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
-    m = np.zeros(shape, dtype=bool)
-    m[rows, cols] = True
-    return m
-
-
-EMPTY = np.zeros((4, 4), dtype=bool)
+from tests.test_metrics import EMPTY, approx, mask
 
 # Hand-made records (pred, gt, rejected, kind) on 4x4 masks, with their hand-computed counts.
 # A: gt rows 0-1 x cols 0-1 (area 4), pred rows 0-1 x cols 1-2: I 2, U 6, IoU 1/3.
