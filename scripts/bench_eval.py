@@ -54,60 +54,21 @@ import cv2
 import numpy as np
 import torch
 
-from gsva.config import Config, DataConfig, ModelConfig, RunConfig, TinyDims
 from gsva.data.conversation import get_template
 from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, format_slots, question_text
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator, ImageSample
-from gsva.data.tokenizer import train_tiny_bpe
+from gsva.data.tokenizer import train_reference_bpe
 from gsva.model.build import DTYPES, build_gsva
 from gsva.model.gsva import SlotPredictions
+from gsva.model.reference_shapes import REFERENCE_VOCAB, SHAPES, reference_config
 from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
 
 PROTOCOLS = ("teacher-forced", "generate")
 AUTHORS_TF_SECONDS_PER_IMAGE = 9.65
 AUTHORS_PEAK_RSS_GB = 2.0
 TARGET_SPEEDUP = 2.0
-BASE_VOCAB = 32000
 IMAGE_HEIGHT, IMAGE_WIDTH = 480, 640
-
-TINY_DIMS = TinyDims(
-    vocab_size=BASE_VOCAB,
-    llm_hidden_size=256,
-    llm_layers=4,
-    llm_heads=4,
-    llm_intermediate_size=688,
-    llm_max_position_embeddings=2048,
-    clip_hidden_size=128,  # intermediate 4 x 128 = 512, quick_gelu (build_tiny_llava)
-    clip_layers=2,
-    clip_heads=4,
-    clip_patch_size=14,
-    sam_embed_dim=128,
-    sam_depth=2,
-    sam_heads=4,
-    sam_patch_size=16,
-    sam_window_size=14,
-    sam_global_attn_indexes=[1],
-    prompt_embed_dim=256,  # = SAM neck out_chans, prompt encoder and mask decoder width
-    decoder_mlp_dim=2048,
-    decoder_heads=8,
-    use_im_start_end=True,
-)
-"""``/work/shared/bench/tiny_dims.json``: the authors' tiny CPU reference model."""
-
-LLAVA_7B_DIMS = dataclasses.replace(
-    TINY_DIMS,
-    llm_hidden_size=4096,
-    llm_layers=32,
-    llm_heads=32,
-    llm_intermediate_size=11008,
-    clip_hidden_size=1024,  # CLIP ViT-L/14 at 224 px: intermediate 4096
-    clip_layers=24,
-    clip_heads=16,
-)
-"""LLaVA-7B (LLaMA-7B + CLIP ViT-L/14); SAM is the published ViT-H (``sam_type=vit_h``)."""
-
-SHAPES = {"tiny": (TINY_DIMS, "tiny"), "7b": (LLAVA_7B_DIMS, "vit_h")}
 
 
 # ----------------------------------------------------------------- command line
@@ -251,42 +212,15 @@ def tokenizer_corpus(seed: int) -> list[str]:
         question = question_text(names, EVAL_QUESTIONS["please"], IMAGE_PLACEHOLDER)
         answer = ANSWERS[0].format(slots=format_slots(names, exists))
         texts.append(template.render([(question, answer)]).text)
-    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + [v + c for v in "aeiou" for c in "nrstlm"]
-    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(2, 5))) for _ in range(120_000)})
-    texts += [" ".join(words[start : start + 50]) for start in range(0, len(words), 50)]
     return texts
 
 
 def prepare_tokenizer(work_dir: Path, seed: int) -> Path:
-    """Train the 32000-entry BPE into ``work_dir/tokenizer`` (a few seconds) and return the directory."""
-    directory = work_dir / "tokenizer"
-    tokenizer = train_tiny_bpe(tokenizer_corpus(seed), BASE_VOCAB, directory)
-    if len(tokenizer) != BASE_VOCAB:
-        raise RuntimeError(f"the bench tokenizer has {len(tokenizer)} entries, expected {BASE_VOCAB}")
-    return directory
+    """Train (once) the 32000-entry BPE into ``work_dir/tokenizer`` and return the directory."""
+    return train_reference_bpe(tokenizer_corpus(seed), REFERENCE_VOCAB, work_dir / "tokenizer", seed)
 
 
 # ----------------------------------------------------------------- model
-def bench_config(shape: str, tokenizer_dir: Path, precision: str, seed: int) -> Config:
-    """The config ``build_gsva`` assembles the bench model from (random weights, LoRA r=8 on q/v)."""
-    dims, sam_type = SHAPES[shape]
-    return Config(
-        run=RunConfig(seed=seed),
-        data=DataConfig(sam_image_size=1024, clip_image_size=224, model_max_length=1024, conversation="llava_v1"),
-        model=ModelConfig(
-            tokenizer_path=str(tokenizer_dir),
-            sam_type=sam_type,
-            tiny=dims,
-            lora_r=8,
-            lora_alpha=16,
-            lora_dropout=0.05,
-            lora_target_modules=["q_proj", "v_proj"],
-            gradient_checkpointing=False,
-            precision=precision,
-        ),
-    )
-
-
 @contextmanager
 def building_on(device: str, dtype: torch.dtype) -> Iterator[None]:
     """Create parameters directly on ``device`` in ``dtype`` (a 7B model is never built in fp32 on the host)."""
@@ -301,7 +235,7 @@ def building_on(device: str, dtype: torch.dtype) -> Iterator[None]:
 
 def build_bench_model(shape: str, tokenizer_dir: Path, precision: str, seed: int, device: str = "cpu"):
     """(tokenizer, GsvaModel in eval mode on ``device``, prompt settings, config)."""
-    cfg = bench_config(shape, tokenizer_dir, precision, seed)
+    cfg = reference_config(shape, tokenizer_dir, precision, seed)
     with building_on(device, DTYPES[precision] if device == "cuda" else torch.float32):
         tokenizer, model, prompts = build_gsva(cfg)
     return tokenizer, model.to(device).eval(), prompts, cfg

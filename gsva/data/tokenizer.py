@@ -7,6 +7,7 @@ HF format, so that both go through ``AutoTokenizer.from_pretrained``.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Iterable
 
@@ -78,3 +79,19 @@ def train_tiny_bpe(
     )
     tokenizer.save_pretrained(str(output_dir))
     return tokenizer
+
+
+def train_reference_bpe(conversations: list[str], vocab_size: int, output_dir: str | Path, seed: int = 0) -> Path:
+    """A byte-level BPE of EXACTLY ``vocab_size`` entries (LLaMA's 32000 for the benchmarks): the
+    ``conversations`` (their words become single tokens) padded with ~100 k distinct pseudo-words so
+    that training reaches the size. Reuses ``output_dir`` when it already holds one."""
+    output_dir = Path(output_dir)
+    if not (output_dir / "tokenizer.json").is_file():
+        rng = random.Random(seed)
+        syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + [v + c for v in "aeiou" for c in "nrstlm"]
+        words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(2, 5))) for _ in range(120_000)})
+        padding = [" ".join(words[start : start + 50]) for start in range(0, len(words), 50)]
+        tokenizer = train_tiny_bpe([*conversations, *padding], vocab_size, output_dir)
+        if len(tokenizer) != vocab_size:
+            raise RuntimeError(f"the reference tokenizer has {len(tokenizer)} entries, expected {vocab_size}")
+    return output_dir

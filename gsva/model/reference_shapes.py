@@ -1,0 +1,72 @@
+"""Model shapes the benchmarks build with random weights: the authors' tiny CPU reference
+(``tiny_dims.json``, at which the original code was timed) and LLaVA-7B with SAM ViT-H."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from gsva.config import Config, DataConfig, ModelConfig, RunConfig, TinyDims
+
+REFERENCE_VOCAB = 32000
+"""LLaMA's vocabulary; the task tokens [SEG] [REJ] <im_start> <im_end> make it 32004."""
+
+TINY_REFERENCE_DIMS = TinyDims(
+    vocab_size=REFERENCE_VOCAB,
+    llm_hidden_size=256,
+    llm_layers=4,
+    llm_heads=4,
+    llm_intermediate_size=688,
+    llm_max_position_embeddings=2048,
+    clip_hidden_size=128,  # intermediate 4 x 128 = 512, quick_gelu (build_tiny_llava)
+    clip_layers=2,
+    clip_heads=4,
+    clip_patch_size=14,
+    sam_embed_dim=128,
+    sam_depth=2,
+    sam_heads=4,
+    sam_patch_size=16,
+    sam_window_size=14,
+    sam_global_attn_indexes=[1],
+    prompt_embed_dim=256,  # = SAM neck out_chans, prompt encoder and mask decoder width
+    decoder_mlp_dim=2048,
+    decoder_heads=8,
+    use_im_start_end=True,
+)
+"""The authors' tiny CPU reference model (LLaMA 256x4, CLIP 128x2 at 224 px, SAM ViT 128x2 at 1024 px)."""
+
+LLAVA_7B_DIMS = dataclasses.replace(
+    TINY_REFERENCE_DIMS,
+    llm_hidden_size=4096,
+    llm_layers=32,
+    llm_heads=32,
+    llm_intermediate_size=11008,
+    clip_hidden_size=1024,  # CLIP ViT-L/14 at 224 px: intermediate 4096
+    clip_layers=24,
+    clip_heads=16,
+)
+"""LLaVA-7B (LLaMA-7B + CLIP ViT-L/14); SAM is the published ViT-H (``sam_type=vit_h``)."""
+
+SHAPES = {"tiny": (TINY_REFERENCE_DIMS, "tiny"), "7b": (LLAVA_7B_DIMS, "vit_h")}
+
+
+def reference_config(
+    shape: str, tokenizer_dir: Path, precision: str = "fp32", seed: int = 0, gradient_checkpointing: bool = False
+) -> Config:
+    """The config ``build_gsva`` assembles a benchmark model from (random weights, LoRA r=8 on q/v)."""
+    dims, sam_type = SHAPES[shape]
+    return Config(
+        run=RunConfig(seed=seed),
+        data=DataConfig(sam_image_size=1024, clip_image_size=224, model_max_length=1024, conversation="llava_v1"),
+        model=ModelConfig(
+            tokenizer_path=str(tokenizer_dir),
+            sam_type=sam_type,
+            tiny=dims,
+            lora_r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            lora_target_modules=["q_proj", "v_proj"],
+            gradient_checkpointing=gradient_checkpointing,
+            precision=precision,
+        ),
+    )
