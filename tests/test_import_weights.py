@@ -18,6 +18,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 
 from gsva.config import config_to_dict, load_config
 from gsva.model.build import build_gsva
+from gsva.model.reference_shapes import TINY_REFERENCE_DIMS, reference_config
 from gsva.model.released import (
     ReleasedWeightsError,
     load_released_state,
@@ -60,7 +61,7 @@ def bases(tmp_path_factory):
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             (llava / name).write_bytes((tokenizer_dir / name).read_bytes())
-    dims = bench.TINY_DIMS
+    dims = TINY_REFERENCE_DIMS
     config = LlamaConfig(
         vocab_size=BASE_VOCAB, hidden_size=dims.llm_hidden_size, intermediate_size=dims.llm_intermediate_size,
         num_hidden_layers=dims.llm_layers, num_attention_heads=dims.llm_heads, num_key_value_heads=dims.llm_heads,
@@ -76,7 +77,7 @@ def bases(tmp_path_factory):
                      num_hidden_layers=dims.clip_layers, num_attention_heads=dims.clip_heads, image_size=224,
                      patch_size=dims.clip_patch_size, hidden_act="quick_gelu").save_pretrained(str(clip))
     base_yaml = root / "base.yaml"
-    cfg = bench.bench_config("tiny", tokenizer_dir, "fp32", seed=0)
+    cfg = reference_config("tiny", tokenizer_dir, "fp32", seed=0)
     base_yaml.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return {"llava": llava, "clip": clip, "yaml": base_yaml}
 
