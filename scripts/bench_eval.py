@@ -586,8 +586,7 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one is not None:
-        if not (args.work_dir / "tokenizer" / "tokenizer.json").is_file():
-            prepare_tokenizer(args.work_dir, args.seed)
+        prepare_tokenizer(args.work_dir, args.seed)
         print(json.dumps(run_one(args)))
         return 0
     report, failed = run_all(args)

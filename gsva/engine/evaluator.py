@@ -44,15 +44,29 @@ class EvalSettings:
     output_dir: str | None = None
 
 
+def _objects_masks(dataset: Any, batch: GsvaBatch) -> dict[Any, np.ndarray]:
+    """image id -> union of all its objects (the always-[SEG] baseline), decoded once per image of
+    the batch; empty for datasets without object annotations."""
+    if not isinstance(dataset, ReferSegDataset):
+        return {}
+    image_ids = {meta["image_id"] for meta in batch.metadata}
+    return {image_id: dataset.objects_mask(image_id) for image_id in image_ids}
+
+
 def _score_conversation(
-    dataset: Any, batch: GsvaBatch, conv: int, rejected: list[bool], masks: torch.Tensor, extra: dict[str, Any]
+    batch: GsvaBatch,
+    conv: int,
+    rejected: list[bool],
+    masks: torch.Tensor,
+    extra: dict[str, Any],
+    objects: np.ndarray | None,
 ) -> list[dict[str, Any]]:
     """One record per answer slot: the score counts, the box IoU of the masks (REC), the trivial
-    baselines where the dataset has a union of all objects, and ``extra`` (protocol outputs: the
-    generated text on every slot, the conversation's parse failures on its first slot only)."""
+    baselines when ``objects`` (the union of all objects of the image) is given, and ``extra``
+    (protocol outputs: the generated text on every slot, the conversation's parse failures on its
+    first slot only)."""
     meta = batch.metadata[conv]
     targets = batch.target_masks[conv].cpu().numpy() > 0
-    objects = dataset.objects_mask(meta["image_id"]) if isinstance(dataset, ReferSegDataset) else None
     records = []
     for slot, kind in enumerate(meta["kinds"]):
         gt, predicted = targets[slot], masks[slot].cpu().numpy()
@@ -121,9 +135,11 @@ def run_evaluation(
             predictions = model.predict_teacher_forced(batch)
         else:
             predictions = model.generate(batch, settings.max_new_tokens, tokenizer)
+        objects = _objects_masks(dataset, batch)
         for conv, prediction in enumerate(predictions):
             extra = {"generated_text": prediction.text, "parse_failures": prediction.parse_failures}
-            records.extend(_score_conversation(dataset, batch, conv, prediction.rejected, prediction.masks, extra))
+            objects_of_image = objects.get(batch.metadata[conv]["image_id"])
+            records.extend(_score_conversation(batch, conv, prediction.rejected, prediction.masks, extra, objects_of_image))
             if overlay_dir is not None and overlays_left > 0:
                 _write_overlays(batch, conv, prediction.rejected, prediction.masks, overlay_dir)
                 overlays_left -= 1

@@ -60,7 +60,7 @@ def evaluate_benchmark(
         benchmark=benchmark.name,
         protocol=settings.protocol,
         prompt_style=prompt_style,
-        one_expression_per_prompt=one_per_prompt or prompt_style == "lisa",
+        one_expression_per_prompt=getattr(dataset, "one_per_prompt", False),
         question=dataset.builder.prompts.eval_question,
         settings=asdict(settings),
     )
