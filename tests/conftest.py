@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tokenizer")
     train_tiny_bpe(tokenizer_corpus(list(COLOURS), "llava_v1"), 512, directory)
     return directory
+
+
+RENDEZVOUS_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment for a child process: without the rendezvous variables that an in-process
+    training run of an earlier test set for itself (a child would join that process group)."""
+    inherited = {key: value for key, value in os.environ.items() if key not in RENDEZVOUS_VARIABLES}
+    return {**inherited, **extra}
 
 
 def tiny_config(synthetic_root: Path, tokenizer_dir: Path, *overrides: str) -> Config:

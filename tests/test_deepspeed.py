@@ -1,7 +1,6 @@
 """Real multi-rank DeepSpeed ZeRO-2 on the CPU (gloo): train, checkpoint, resume exactly."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, child_environment
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +34,7 @@ def launch(output_dir: Path, work: Path, *extra: str) -> subprocess.CompletedPro
         f"run.output_dir={output_dir}",
     ]
     command = [DEEPSPEED, "--num_gpus", "2", "train.py", "--no-eval", *extra, *overrides]
-    environment = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    environment = child_environment(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -78,7 +77,7 @@ def test_two_rank_zero2_checkpoint_and_exact_resume(two_rank_run):
 def test_two_rank_evaluation_equals_one_rank(two_rank_run, tmp_path):
     """Images sharded over 2 CPU ranks: every expression scored once, metrics exactly as 1 rank."""
     weights = two_rank_run[0] / "final"
-    environment = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    environment = child_environment(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     common = ["eval.py", "--weights", str(weights), "--benchmark", "grefcoco:val", "--num-workers", "0"]
     runs = {
         "one": [sys.executable, *common, "--batch-size", "3", "--output-dir", str(tmp_path / "one")],

@@ -2,7 +2,6 @@
 LoRA-merged) round trip, and scripts/infer.py on a saved tiny model."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,10 +15,9 @@ from gsva.engine.export import export_checkpoint
 from gsva.engine.trainer import train
 from gsva.model.build import build_gsva
 from gsva.model.pretrained import from_pretrained, save_pretrained
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, child_environment, tiny_config
 from tests.test_model import make_batch
 
-RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def outputs(model, batch):
@@ -108,7 +106,7 @@ def test_infer_script_writes_masks_and_prints_decisions(synthetic_root, tokenize
     rng = np.random.default_rng(0)
     for name in ("a.png", "b.jpg"):
         cv2.imwrite(str(images / name), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
-    environment = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    environment = child_environment()
     command = [
         sys.executable, "scripts/infer.py", "--weights", str(tmp_path / "weights"), "--images-dir", str(images),
         "--expressions", "red square, blue circle", "--max-new-tokens", "12", "--batch-size", "2",

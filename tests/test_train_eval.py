@@ -2,7 +2,6 @@
 untrained one, and eval.py reproduces the end-of-training metrics from the saved weights."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from gsva.engine.evaluator import EvalSettings
 from gsva.engine.report import evaluate_benchmark
 from gsva.engine.trainer import sample_settings, train
 from gsva.model.build import build_gsva
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, child_environment, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +46,7 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
         sys.executable, "eval.py", "--weights", str(result.weights), "--benchmark", "grefcoco:val",
         "--output-dir", str(tmp_path / "reeval"), "--batch-size", "3", "--num-workers", "0",
     ]
-    # A fresh process: without the rendezvous variables this test process set for itself.
-    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=child_environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     output = tmp_path / "reeval" / "grefcoco_val_teacher-forced_gsva"
     reproduced = json.loads((output / "metrics.json").read_text())
