@@ -83,6 +83,9 @@ class DataConfig:
     clip_image_size: int = 224
     model_max_length: int = 512
     num_workers: int = 2
+    pin_memory: bool = True
+    prefetch_factor: int = 4
+    feature_cache: Optional[str] = None
     synthetic: Optional[SyntheticConfig] = None
 
 

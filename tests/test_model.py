@@ -3,12 +3,13 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from gsva.data.refer import ReferIndex
 from gsva.data.refer_seg_dataset import ReferSegDataset
-from gsva.data.sample_builder import SampleBuilder, SampleSettings
+from gsva.data.sample_builder import SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator
 from gsva.model.build import build_gsva
 from gsva.model.losses import rejected_row_losses
@@ -75,10 +76,20 @@ def test_slot_bookkeeping_with_several_conversations_per_image(config, synthetic
     losses = model(batch)
     assert calls == [1]
     assert torch.isfinite(losses.total)
-    # A target count that disagrees with the [SEG] tokens is refused, not silently misrouted.
-    batch.slot_exists[0][0] = ~batch.slot_exists[0][0]
-    with pytest.raises(ValueError, match="do not match"):
-        model(batch)
+    # Each query is the state just before its [SEG]; queries follow conversation then slot order,
+    # and each carries its own conversation's target mask.
+    assert all(int(batch.input_ids[row, col + 1]) == seg_id for row, col in zip(batch.seg_rows, batch.seg_cols))
+    assert batch.seg_rows.tolist() == [row for row, exists in enumerate(batch.slot_exists) for _ in range(int(exists.sum()))]
+    expected = torch.cat([masks[exists] for masks, exists in zip(batch.target_masks, batch.slot_exists)])
+    assert torch.equal(batch.seg_masks[0], expected)
+    assert batch.rejected_per_image == [sum(int((~exists).sum()) for exists in batch.slot_exists)]
+    # An expression holding a slot token literally would shift every later slot: refused.
+    builder = dataset.builder
+    mask = np.zeros(sample.original_size, dtype=bool)
+    mask[:4, :4] = True
+    image = np.zeros((*sample.original_size, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="slot tokens"):
+        builder.segmentation(image, [SlotTarget("the [SEG] cat", mask, True), SlotTarget("dog", mask, True)], random.Random(0), {})
 
 
 def test_authors_mask_loss_counts_rejected_rows(config, synthetic_root, tokenizer_dir):

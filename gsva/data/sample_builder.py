@@ -84,6 +84,9 @@ class SampleBuilder:
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.settings = settings
+        self._seg_ids = frozenset(tokenizer.convert_tokens_to_ids(prompts.seg_tokens))
+        rej_id = tokenizer.convert_tokens_to_ids(REJ_TOKEN) if prompts.use_rej_token else None
+        self._slot_ids = self._seg_ids | ({rej_id} if rej_id is not None else set())
 
     @property
     def pad_token_id(self) -> int:
@@ -200,12 +203,21 @@ class SampleBuilder:
     def _conversation(
         self, tokens: TokenizedConversation, targets: list[SlotTarget], metadata: dict[str, Any]
     ) -> ConversationSample:
+        """Pair the answer's slot tokens, in order, with ``targets`` (one slot token per target)."""
+        slot_positions = [position for position, token in enumerate(tokens.input_ids) if token in self._slot_ids]
+        if len(slot_positions) != len(targets):
+            raise ValueError(
+                f"sample {metadata}: the conversation holds {len(slot_positions)} slot tokens for "
+                f"{len(targets)} targets (does an expression contain a slot token such as [SEG] literally?)"
+            )
         return ConversationSample(
             input_ids=tokens.input_ids,
             labels=tokens.labels,
             target_masks=np.stack([target.mask for target in targets]).astype(np.uint8),
             slot_exists=[target.exists for target in targets],
             metadata=metadata,
+            slot_positions=slot_positions,
+            slot_is_seg=[tokens.input_ids[position] in self._seg_ids for position in slot_positions],
         )
 
     def _image_sample(self, image: np.ndarray, conversations: list[ConversationSample]) -> ImageSample:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from gsva.batch import GsvaBatch
+from gsva.feature_cache import FeatureCache, image_key
 from gsva.special_tokens import IGNORE_INDEX
 
 
@@ -21,6 +22,10 @@ class ConversationSample:
     conversation without slots (VQA)."""
     slot_exists: list[bool]
     metadata: dict[str, Any] = field(default_factory=dict)
+    slot_positions: list[int] = field(default_factory=list)
+    """Position in ``input_ids`` of each slot token (``[SEG]`` or ``[REJ]``), in slot order."""
+    slot_is_seg: list[bool] = field(default_factory=list)
+    """Per slot: answered ``[SEG]`` (it gets a mask query) rather than ``[REJ]``."""
 
 
 @dataclass
@@ -58,12 +63,62 @@ def pad_sam_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
     return padded
 
 
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """labels (N, L) -> rows (A,), cols (A,), targets (A,): each position t whose next token
+    ``labels[row, t + 1]`` is supervised, in row-major order."""
+    supervised = labels[:, 1:] != IGNORE_INDEX
+    rows, cols = supervised.nonzero(as_tuple=True)
+    return rows, cols, labels[:, 1:][supervised]
+
+
+@dataclass
+class SlotQueries:
+    """The ``[SEG]`` mask queries of a batch and their targets (see ``GsvaBatch.seg_*``)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    masks_per_image: list[torch.Tensor]
+    rejected_per_image: list[int]
+
+
+def slot_queries(samples: list[ImageSample]) -> SlotQueries:
+    """Queries ordered by conversation then slot; query = the position before its ``[SEG]``."""
+    rows, cols, masks_per_image, rejected_per_image = [], [], [], []
+    conversation = 0
+    for sample in samples:
+        height, width = sample.original_size
+        image_masks, rejected = [], 0
+        for conv in sample.conversations:
+            for slot, (position, is_seg) in enumerate(zip(conv.slot_positions, conv.slot_is_seg)):
+                if is_seg:
+                    rows.append(conversation)
+                    cols.append(position - 1)
+                    image_masks.append(conv.target_masks[slot])
+                else:
+                    rejected += 1
+            conversation += 1
+        stacked = np.stack(image_masks) if image_masks else np.zeros((0, height, width), dtype=np.uint8)
+        masks_per_image.append(torch.from_numpy(stacked))
+        rejected_per_image.append(rejected)
+    return SlotQueries(
+        rows=torch.tensor(rows, dtype=torch.long),
+        cols=torch.tensor(cols, dtype=torch.long),
+        masks_per_image=masks_per_image,
+        rejected_per_image=rejected_per_image,
+    )
+
+
 @dataclass(frozen=True)
 class Collator:
-    """Turns a list of ``ImageSample`` into one ``GsvaBatch`` (picklable for DataLoader workers)."""
+    """Turns a list of ``ImageSample`` into one ``GsvaBatch`` (picklable for DataLoader workers).
+
+    With a ``feature_cache``, the frozen encoders' outputs of the images are read from it (memory
+    mapped, in the worker) when every image of the batch is there; otherwise the model computes them.
+    """
 
     pad_token_id: int
     sam_image_size: int
+    feature_cache: FeatureCache | None = None
 
     def __call__(self, samples: list[ImageSample]) -> GsvaBatch:
         conversations = [conv for sample in samples for conv in sample.conversations]
@@ -73,6 +128,11 @@ class Collator:
         conv_to_image = torch.tensor(
             [image_index for image_index, sample in enumerate(samples) for _ in sample.conversations], dtype=torch.long
         )
+        queries = slot_queries(samples)
+        answer_rows, answer_cols, answer_targets = answer_positions(labels)
+        cached = None
+        if self.feature_cache is not None:
+            cached = self.feature_cache.get_batch([image_key(sample.sam_image, sample.clip_image) for sample in samples])
         return GsvaBatch(
             sam_images=pad_sam_images([sample.sam_image for sample in samples], self.sam_image_size),
             clip_images=torch.stack([sample.clip_image for sample in samples]),
@@ -84,5 +144,14 @@ class Collator:
             slot_exists=[torch.tensor(conv.slot_exists, dtype=torch.bool) for conv in conversations],
             original_sizes=[sample.original_size for sample in samples],
             resized_sizes=[sample.resized_size for sample in samples],
+            seg_rows=queries.rows,
+            seg_cols=queries.cols,
+            seg_masks=queries.masks_per_image,
+            rejected_per_image=queries.rejected_per_image,
+            answer_rows=answer_rows,
+            answer_cols=answer_cols,
+            answer_targets=answer_targets,
+            sam_features=cached[0] if cached is not None else None,
+            clip_features=cached[1] if cached is not None else None,
             metadata=[conv.metadata for conv in conversations],
         )

@@ -38,7 +38,9 @@ from gsva.engine.components import ComponentPaths, prepare_components
 from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
 from gsva.engine.evaluator import EvalSettings
 from gsva.engine.report import evaluate_benchmark
+from gsva.feature_cache import FeatureCache
 from gsva.model.build import build_gsva
+from gsva.model.encoder_features import encoder_layout
 from gsva.model.gsva import GsvaModel
 from gsva.model.pretrained import save_pretrained
 from gsva.model.weights import load_trainable_weights
@@ -167,15 +169,35 @@ def training_sampler(stream: MixtureStream | FullPassStream, cfg: Config, start_
     return FullPassSampler(len(stream), size, rank(), world_size(), cfg.run.seed, start_micro_step)
 
 
+def open_feature_cache(cfg: Config, model: GsvaModel) -> FeatureCache | None:
+    """The cache named by ``data.feature_cache`` (checked against the model's encoders), or None."""
+    if cfg.data.feature_cache is None:
+        return None
+    cache = FeatureCache.open(cfg.data.feature_cache)
+    cache.check_layout(encoder_layout(model))
+    LOGGER.info("feature cache %s: frozen-encoder outputs of %d images", cache.root, len(cache))
+    return cache
+
+
 def training_batches(
-    stream: MixtureStream | FullPassStream, sampler: MixtureSampler | FullPassSampler, cfg: Config, builder: SampleBuilder
+    stream: MixtureStream | FullPassStream,
+    sampler: MixtureSampler | FullPassSampler,
+    cfg: Config,
+    builder: SampleBuilder,
+    feature_cache: FeatureCache | None,
+    device: torch.device,
 ) -> Iterator[GsvaBatch]:
+    """Collated micro-batches from ``data.num_workers`` persistent workers, ``data.prefetch_factor``
+    batches ahead each, pinned for asynchronous copies to a GPU."""
+    workers = cfg.data.num_workers
     loader = DataLoader(
         stream,
         batch_sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        collate_fn=Collator(builder.pad_token_id, cfg.data.sam_image_size),
-        persistent_workers=cfg.data.num_workers > 0,
+        num_workers=workers,
+        collate_fn=Collator(builder.pad_token_id, cfg.data.sam_image_size, feature_cache),
+        persistent_workers=workers > 0,
+        pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
     )
     return iter(loader)
 
@@ -240,6 +262,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         load_trainable_weights(model, cfg.model.init_weights)
         LOGGER.info("started from the weights in %s", cfg.model.init_weights)
     builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    feature_cache = open_feature_cache(cfg, model)
     stream = training_stream(cfg, builder)
     total_steps = total_optimizer_steps(training_sampler(stream, cfg, 0), cfg)
     engine, _, _, _ = deepspeed.initialize(
@@ -264,27 +287,32 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     total_micro = total_steps * cfg.optim.grad_accum_steps
     sampler = training_sampler(stream, cfg, micro_step)
-    batches = training_batches(stream, sampler, cfg, builder)
+    batches = training_batches(stream, sampler, cfg, builder, feature_cache, device)
     progress = tqdm(total=total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
-    window: dict[str, list[float]] = {"total": [], "ce": [], "bce": [], "dice": []}
+    window: dict[str, list[torch.Tensor]] = {"total": [], "ce": [], "bce": [], "dice": []}
+    cached_batches = 0
     history: list[dict[str, float]] = []
     tick = time.time()
     while micro_step < total_micro:
         batch = next(batches)
+        cached_batches += batch.sam_features is not None
         losses = engine(batch.to(device))
         engine.backward(losses.total)
         engine.step()
         micro_step += 1
-        for key in window:
-            window[key].append(float(getattr(losses, key).detach()))
+        for key in window:  # kept on the device: read back only at logging steps
+            window[key].append(getattr(losses, key).detach())
         if micro_step % cfg.optim.grad_accum_steps:
             continue
         step = engine.global_steps
         progress.update(1)
         if step % cfg.run.log_every == 0 or step == total_steps:
-            means = {key: sum(values) / len(values) for key, values in window.items()}
+            means = {key: float(torch.stack(values).float().mean()) for key, values in window.items()}
             seconds = time.time() - tick
-            record = {"step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / cfg.run.log_every}
+            record = {
+                "step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / cfg.run.log_every,
+                "cached_batch_fraction": cached_batches / len(window["total"]),
+            }
             history.append(record)
             if is_main():
                 with (output_dir / "history.jsonl").open("a") as handle:
@@ -294,11 +322,13 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
                 for key, value in means.items():
                     writer.add_scalar(f"train/{key}_loss", value, step)
                 writer.add_scalar("train/lr", record["lr"], step)
+                writer.add_scalar("train/cached_batch_fraction", record["cached_batch_fraction"], step)
                 grad_norm = engine.get_global_grad_norm()
                 if grad_norm is not None:
                     writer.add_scalar("train/grad_norm", float(grad_norm), step)
                 writer.add_scalar("train/samples_per_second", cfg.run.log_every * cfg.optim.grad_accum_steps * cfg.optim.micro_batch_size * world_size() / seconds, step)
             window = {key: [] for key in window}
+            cached_batches = 0
             tick = time.time()
         if step < total_steps and _evaluation_due(cfg, sampler, step, micro_step):
             evaluate_benchmarks(cfg, engine.module, builder, device, writer, step, final=False)

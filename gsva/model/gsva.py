@@ -88,11 +88,21 @@ class GsvaModel(nn.Module):
         with torch.no_grad():
             return torch.cat([encoder(chunk) for chunk in pixels.split(SAM_IMAGES_PER_CHUNK)])
 
-    def _hidden_states(self, batch: GsvaBatch, input_ids: torch.Tensor, conv_to_image: torch.Tensor, labels=None):
-        image_features = self.mllm.encode_images(batch.clip_images)
+    def _image_inputs(self, batch: GsvaBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM embeddings (B, C, h, w) and projected CLIP features (B, P, D): the frozen encoders
+        run only when the batch carries no cached features."""
+        sam = batch.sam_features if batch.sam_features is not None else self.encode_sam_images(batch)
+        clip = batch.clip_features if batch.clip_features is not None else self.mllm.vision_features(batch.clip_images)
+        return sam, self.mllm.mm_projector(clip)
+
+    def _hidden_states(self, batch: GsvaBatch, input_ids: torch.Tensor, conv_to_image: torch.Tensor, image_features: torch.Tensor):
+        """Decoder states of right-padded rows. Padding only ever FOLLOWS a row's real tokens, so the
+        causal mask alone keeps every real token from seeing it: no padding mask is passed, SDPA
+        runs its causal kernel and the mask builder never reads the mask back from the device. The
+        states at padding positions are meaningless and never used."""
         attention_mask = batch.attention_mask.repeat(input_ids.shape[0] // batch.attention_mask.shape[0], 1)
-        spliced = self.mllm.splice(input_ids, attention_mask, image_features, conv_to_image, labels)
-        hidden = self.mllm.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
+        spliced = self.mllm.splice(input_ids, attention_mask, image_features, conv_to_image)
+        hidden = self.mllm.last_hidden_states(spliced.inputs_embeds, None)
         return spliced, hidden
 
     def _is_seg(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -105,14 +115,19 @@ class GsvaModel(nn.Module):
         return slot
 
     def _masks_from_states(
-        self, states: torch.Tensor, query_to_image: torch.Tensor, image_embeddings: torch.Tensor, batch: GsvaBatch
+        self,
+        states: torch.Tensor,
+        query_to_image: torch.Tensor,
+        counts: list[int],
+        image_embeddings: torch.Tensor,
+        batch: GsvaBatch,
     ) -> list[torch.Tensor]:
-        """states: (Q, D) ordered by image -> per image with queries, (Q_b, H_b, W_b) mask logits."""
+        """states: (Q, D) ordered by image, ``counts[b]`` of them for image b -> per image with
+        queries, (Q_b, H_b, W_b) mask logits at the original image size."""
         queries = self.query_projector(states)
         low_res = decode_masks(
             self.visual_model.mask_decoder, self.visual_model.prompt_encoder, image_embeddings, queries, query_to_image
         )
-        counts = torch.bincount(query_to_image, minlength=batch.num_images).tolist()
         return [
             postprocess_masks(group, self.sam_image_size, batch.resized_sizes[image], batch.original_sizes[image])
             for image, group in enumerate(torch.split(low_res, counts))
@@ -121,49 +136,47 @@ class GsvaModel(nn.Module):
 
     # ----------------------------------------------------------------- training
     def forward(self, batch: GsvaBatch) -> GsvaLosses:
-        """Losses of one batch: ``ce_w·CE + bce_w·BCE + dice_w·DICE``."""
-        image_embeddings = self.encode_sam_images(batch)
-        spliced, hidden = self._hidden_states(batch, batch.input_ids, batch.conv_to_image, batch.labels)
-        targets = spliced.labels[:, 1:]
-        supervised = targets != IGNORE_INDEX
-        logits = self.mllm.lm_logits(hidden[:, :-1][supervised])
-        ce = F.cross_entropy(logits.float(), targets[supervised])
+        """Losses of one batch: ``ce_w·CE + bce_w·BCE + dice_w·DICE``.
 
-        before_seg = self._is_seg(spliced.token_ids[:, 1:])
-        states = hidden[:, :-1][before_seg]
-        query_conv = before_seg.nonzero()[:, 0]
-        mask_logits = self._masks_from_states(states, batch.conv_to_image[query_conv], image_embeddings, batch)
-        bce, dice = self._mask_losses(mask_logits, batch)
+        Every position and count comes from the batch's host-computed index fields, so the
+        forward never reads a device tensor back (no host synchronisation).
+        """
+        image_embeddings, image_features = self._image_inputs(batch)
+        _, hidden = self._hidden_states(batch, batch.input_ids, batch.conv_to_image, image_features)
+        patches = image_features.shape[1]
+        answer_cols = self.mllm.spliced_positions(batch.input_ids, batch.answer_rows, batch.answer_cols, patches)
+        logits = self.mllm.lm_logits(hidden[batch.answer_rows, answer_cols])
+        ce = F.cross_entropy(logits.float(), batch.answer_targets)
+
+        seg_cols = self.mllm.spliced_positions(batch.input_ids, batch.seg_rows, batch.seg_cols, patches)
+        counts = [masks.shape[0] for masks in batch.seg_masks]
+        mask_logits = self._masks_from_states(
+            hidden[batch.seg_rows, seg_cols], batch.conv_to_image[batch.seg_rows], counts, image_embeddings, batch
+        )
+        bce, dice = self._mask_losses(mask_logits, batch, hidden.new_zeros((), dtype=torch.float32))
         total = self.cfg.ce_loss_weight * ce + self.cfg.bce_loss_weight * bce + self.cfg.dice_loss_weight * dice
         return GsvaLosses(total=total, ce=ce.detach(), bce=bce.detach(), dice=dice.detach())
 
-    def _mask_losses(self, mask_logits: list[torch.Tensor], batch: GsvaBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """mask_logits: per image with [SEG] targets, (Q_b, H_b, W_b) logits in slot order.
+    def _mask_losses(
+        self, mask_logits: list[torch.Tensor], batch: GsvaBatch, zero: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mask_logits: per image with [SEG] targets, (Q_b, H_b, W_b) logits in query order.
 
         ``authors``: [REJ] rows count as all-zero logits against empty masks (constant terms) and
         the sums are divided by all slots. ``seg_only``: divided by the [SEG] targets only.
         """
-        wanted_per_image: dict[int, list[torch.Tensor]] = {}
-        for conv, (masks, exists) in enumerate(zip(batch.target_masks, batch.slot_exists)):
-            wanted_per_image.setdefault(int(batch.conv_to_image[conv]), []).append(masks[exists])
-        wanted = [torch.cat(group) for group in wanted_per_image.values() if sum(m.shape[0] for m in group) > 0]
-        if [w.shape[0] for w in wanted] != [p.shape[0] for p in mask_logits]:
-            raise ValueError(
-                f"[SEG] tokens per image {[p.shape[0] for p in mask_logits]} do not match the existing "
-                f"targets per image {[w.shape[0] for w in wanted]}"
-            )
-        bce_sum = sum((bce_per_mask(p.float(), w.to(p.device).float()).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
-        dice_sum = sum((dice_per_mask(p.float(), w.to(p.device).float()).sum() for p, w in zip(mask_logits, wanted)), torch.zeros(()))
-        num_seg = sum(p.shape[0] for p in mask_logits)
+        wanted = [masks for masks in batch.seg_masks if masks.shape[0] > 0]
+        bce_sum = sum((bce_per_mask(p.float(), w.float()).sum() for p, w in zip(mask_logits, wanted)), zero)
+        dice_sum = sum((dice_per_mask(p.float(), w.float()).sum() for p, w in zip(mask_logits, wanted)), zero)
+        num_seg = sum(masks.shape[0] for masks in wanted)
         if self.cfg.mask_loss_normalization == "seg_only":
             return bce_sum / max(num_seg, 1), dice_sum / max(num_seg, 1)
-        num_slots = sum(int(exists.numel()) for exists in batch.slot_exists)
-        for masks, exists in zip(batch.target_masks, batch.slot_exists):
-            rejected = int((~exists).sum())
+        for rejected, (height, width) in zip(batch.rejected_per_image, batch.original_sizes):
             if rejected:
-                bce_row, dice_row = rejected_row_losses(masks.shape[-2], masks.shape[-1])
+                bce_row, dice_row = rejected_row_losses(height, width)
                 bce_sum = bce_sum + rejected * bce_row
                 dice_sum = dice_sum + rejected * dice_row
+        num_slots = num_seg + sum(batch.rejected_per_image)
         return bce_sum / max(num_slots, 1), dice_sum / max(num_slots, 1)
 
     # ----------------------------------------------------------------- inference
@@ -180,9 +193,9 @@ class GsvaModel(nn.Module):
     def predict_teacher_forced(self, batch: GsvaBatch) -> list[SlotPredictions]:
         """The paper's protocol, both passes stacked into one forward of 2N conversations."""
         rows = batch.input_ids.shape[0]
-        image_embeddings = self.encode_sam_images(batch)
+        image_embeddings, image_features = self._image_inputs(batch)
         stacked = torch.cat([batch.input_ids, self._all_seg_inputs(batch.input_ids)])
-        spliced, hidden = self._hidden_states(batch, stacked, batch.conv_to_image.repeat(2))
+        spliced, hidden = self._hidden_states(batch, stacked, batch.conv_to_image.repeat(2), image_features)
         before_slot = self._is_slot(spliced.token_ids[:, 1:])
         first, second = before_slot[:rows], before_slot[rows:]
         truth = spliced.token_ids[:rows, 1:][first]
@@ -193,8 +206,9 @@ class GsvaModel(nn.Module):
             truth_is_rej = truth == self.token_ids.rej_id
             rejected = torch.where(argmax == truth, truth_is_rej, ~truth_is_rej)
         query_conv = second.nonzero()[:, 0]
+        query_to_image = batch.conv_to_image[query_conv]
         mask_groups = self._masks_from_states(
-            hidden[rows:, :-1][second], batch.conv_to_image[query_conv], image_embeddings, batch
+            hidden[rows:, :-1][second], query_to_image, _per_image(query_to_image, batch), image_embeddings, batch
         )
         return self._split_by_conversation(query_conv, rejected.tolist(), mask_groups, batch)
 
@@ -219,10 +233,9 @@ class GsvaModel(nn.Module):
         generated slot token gets a mask from the hidden state that produced it; slots are
         matched to expressions in order, and missing slots count as rejected parse failures.
         """
-        image_embeddings = self.encode_sam_images(batch)
+        image_embeddings, image_features = self._image_inputs(batch)
         answer_start = (batch.labels != IGNORE_INDEX).long().argmax(1)
         prompt_mask = batch.attention_mask & (torch.arange(batch.input_ids.shape[1], device=answer_start.device) < answer_start.unsqueeze(1))
-        image_features = self.mllm.encode_images(batch.clip_images)
         spliced = self.mllm.splice(batch.input_ids, prompt_mask, image_features, batch.conv_to_image)
         embeds, mask = _left_align(spliced.inputs_embeds, spliced.attention_mask)
         output = self.mllm.language_model.generate(
@@ -242,8 +255,9 @@ class GsvaModel(nn.Module):
         generated_slot = self._is_slot(sequences) & ~finished
         generated_seg = self._is_seg(sequences) & ~finished
         query_conv = generated_seg.nonzero()[:, 0]
+        query_to_image = batch.conv_to_image[query_conv]
         mask_groups = self._masks_from_states(
-            producing[generated_seg], batch.conv_to_image[query_conv], image_embeddings, batch
+            producing[generated_seg], query_to_image, _per_image(query_to_image, batch), image_embeddings, batch
         )
         per_query = iter([mask > 0 for group in mask_groups for mask in group])
         predictions = []
@@ -273,6 +287,11 @@ class GsvaModel(nn.Module):
                 )
             )
         return predictions
+
+
+def _per_image(query_to_image: torch.Tensor, batch: GsvaBatch) -> list[int]:
+    """Queries per image (reads the device tensor back: inference only)."""
+    return torch.bincount(query_to_image, minlength=batch.num_images).tolist()
 
 
 def _left_align(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,10 +83,14 @@ class LlavaModel(nn.Module):
 
     def encode_images(self, clip_images: torch.Tensor) -> torch.Tensor:
         """(B, 3, C, C) uint8 -> (B, P, D) projected patch features of layer ``select_layer`` (no CLS)."""
+        return self.mm_projector(self.vision_features(clip_images))
+
+    def vision_features(self, clip_images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, C, C) uint8 -> (B, P, D_v) patch features of the frozen tower's layer
+        ``select_layer`` (no CLS), before the projector: what a feature cache stores."""
         pixels = normalize_clip_images(clip_images).to(self.vision_tower.dtype)
         outputs = self.vision_tower(pixel_values=pixels, output_hidden_states=True)
-        patches = outputs.hidden_states[self.select_layer][:, 1:]
-        return self.mm_projector(patches)
+        return outputs.hidden_states[self.select_layer][:, 1:]
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(…) ids -> (…, D); ``IMAGE_TOKEN_INDEX`` entries embed as id 0 (they are replaced)."""
@@ -122,10 +126,20 @@ class LlavaModel(nn.Module):
             new_labels = torch.where(on_patch, IGNORE_INDEX, labels.gather(1, source))
         return SplicedInputs(inputs_embeds, new_mask, token_ids, new_labels)
 
-    def last_hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(N, L', D) post-norm output of the decoder's last layer."""
+    @staticmethod
+    def spliced_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, patches: int) -> torch.Tensor:
+        """Where the hidden state of token (rows, cols) of ``input_ids`` (N, L) lands after ``splice``
+        with ``patches`` features per image: (K,) positions. The placeholder's own state is its last
+        patch's (the state that predicts the token after the image). Computed on the device."""
+        placeholder = (input_ids == IMAGE_TOKEN_INDEX).to(torch.int64).argmax(dim=1)
+        return cols + (cols >= placeholder[rows]).to(cols.dtype) * (patches - 1)
+
+    def last_hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(N, L', D) post-norm output of the decoder's last layer; ``attention_mask`` (N, L') or
+        None for causal attention only."""
         decoder = self.language_model.get_decoder()
-        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False).last_hidden_state
+        mask = attention_mask.long() if attention_mask is not None else None
+        return decoder(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False).last_hidden_state
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.get_output_embeddings()(hidden)

@@ -16,18 +16,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _channel_vector(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=like.device).view(1, 3, 1, 1)
+    """(1, 3, 1, 1) float32 on ``like``'s device, filled there (no host-to-device copy, which would
+    synchronise with the device)."""
+    return torch.stack([torch.full((), value, dtype=torch.float32, device=like.device) for value in values]).view(1, 3, 1, 1)
 
 
 def normalize_sam_images(images: torch.Tensor, resized_sizes: list[tuple[int, int]]) -> torch.Tensor:
     """images: (B, 3, S, S) uint8, zero-padded bottom-right -> (B, 3, S, S) float32 SAM input."""
     normalised = (images.float() - _channel_vector(SAM_PIXEL_MEAN, images)) / _channel_vector(SAM_PIXEL_STD, images)
-    size = images.shape[-1]
-    positions = torch.arange(size, device=images.device)
-    heights = torch.tensor([h for h, _ in resized_sizes], device=images.device)
-    widths = torch.tensor([w for _, w in resized_sizes], device=images.device)
-    inside = (positions.view(1, size, 1) < heights.view(-1, 1, 1)) & (positions.view(1, 1, size) < widths.view(-1, 1, 1))
-    return normalised * inside.unsqueeze(1)
+    for index, (height, width) in enumerate(resized_sizes):
+        normalised[index, :, height:].zero_()
+        normalised[index, :, :, width:].zero_()
+    return normalised
 
 
 def normalize_clip_images(images: torch.Tensor) -> torch.Tensor:
