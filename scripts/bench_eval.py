@@ -46,9 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -59,9 +58,8 @@ from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, format_slots, question_te
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator, ImageSample
 from gsva.data.tokenizer import train_reference_bpe
-from gsva.model.build import DTYPES, build_gsva
 from gsva.model.gsva import SlotPredictions
-from gsva.model.reference_shapes import REFERENCE_VOCAB, SHAPES, reference_config
+from gsva.model.reference_shapes import REFERENCE_VOCAB, SHAPES, build_reference_model
 from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
 
 PROTOCOLS = ("teacher-forced", "generate")
@@ -221,24 +219,10 @@ def prepare_tokenizer(work_dir: Path, seed: int) -> Path:
 
 
 # ----------------------------------------------------------------- model
-@contextmanager
-def building_on(device: str, dtype: torch.dtype) -> Iterator[None]:
-    """Create parameters directly on ``device`` in ``dtype`` (a 7B model is never built in fp32 on the host)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def build_bench_model(shape: str, tokenizer_dir: Path, precision: str, seed: int, device: str = "cpu"):
     """(tokenizer, GsvaModel in eval mode on ``device``, prompt settings, config)."""
-    cfg = reference_config(shape, tokenizer_dir, precision, seed)
-    with building_on(device, DTYPES[precision] if device == "cuda" else torch.float32):
-        tokenizer, model, prompts = build_gsva(cfg)
-    return tokenizer, model.to(device).eval(), prompts, cfg
+    tokenizer, model, prompts, cfg = build_reference_model(shape, tokenizer_dir, precision, seed, device)
+    return tokenizer, model.eval(), prompts, cfg
 
 
 # ----------------------------------------------------------------- one configuration (child process)

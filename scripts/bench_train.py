@@ -1,38 +1,67 @@
-"""Measure the training step of the GSVA model (seconds per step, split in phases) and its peak RSS.
+"""Measure the GSVA training step: seconds per step split in phases, throughput, model FLOPs
+utilisation and peak memory, with and without the frozen-encoder feature cache.
 
-The model is assembled by ``build_gsva`` from a config, with random weights, at the dimensions of
-the authors' tiny CPU reference (``/work/shared/bench/tiny_dims.json``, fp32): LLaMA 256x4, 4 heads,
-vocabulary 32000 + [SEG] [REJ] <im_start> <im_end>; CLIP 128x2 at 224 px, patch 14; SAM ViT 128x2
-at 1024 px with the standard prompt encoder and mask decoder; LoRA r=8 (alpha 16, dropout 0.05) on
-q/v; the trainable-parameter policy of ``apply_trainable_policy``; gradient checkpointing on (as the
-reference) unless ``--gradient-checkpointing off``. The tokenizer is a BPE of exactly 32000 entries
-trained locally (LLaMA's size; no download).
+Shapes (random weights assembled by ``build_gsva``; LoRA r=8, alpha 16, dropout 0.05 on q/v; the
+trainable-parameter policy of ``apply_trainable_policy``; a BPE tokenizer of exactly 32000 entries
+trained locally, LLaMA's size, plus [SEG] [REJ] <im_start> <im_end>):
 
-One step is a micro-batch of 2 COCO-sized (640x480) images with ``--targets`` expressions each (5 by
-default: 7 present targets answered [SEG] and 3 absent ones answered [REJ] over the two images),
-phrased at random as in training by ``SampleBuilder.segmentation`` and collated by ``Collator``. The
-optimizer is a plain ``torch.optim.AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0)`` on the
-trainable parameters (what the reference used on the CPU; DeepSpeed is not needed for this timing).
-After one warm-up step, ``--steps`` steps (at least 3) are timed, each split into:
+- ``tiny`` (CPU, fp32): the authors' tiny CPU reference dims (``/work/shared/bench/tiny_dims.json``):
+  LLaMA 256x4, CLIP 128x2 at 224 px, SAM ViT 128x2 at 1024 px with the standard prompt encoder and
+  mask decoder;
+- ``7b`` / ``13b`` (CUDA, bf16): LLaMA-7B / -13B decoder dims, CLIP ViT-L/14 at 224 px, SAM ViT-H.
 
-- ``data``: building the two samples (resize, tokenise, masks) and collating them;
-- ``forward``: ``losses = model(batch)`` (``GsvaLosses``);
-- ``backward``: ``losses.total.backward()``;
-- ``optimizer``: ``optimizer.step()`` and ``optimizer.zero_grad(set_to_none=True)``.
+Gradient checkpointing of the LLM decoder layers is on (``--gradient-checkpointing off`` to
+compare). The optimizer is ``torch.optim.AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0)`` on the
+trainable parameters (fused on CUDA). A step is a micro-batch of 2 COCO-sized (640x480) images
+with ``--targets`` expressions each (at 5: 7 present targets answered [SEG] and 3 absent ones
+answered [REJ], as the reference step; otherwise 30 % absent), phrased at random by
+``SampleBuilder.segmentation``, built by ``--num-workers`` DataLoader workers (0: in the timing
+process) and collated by ``Collator``. Each configuration restarts from the same weights and the
+same images, so the losses of the runs with and without the cache are compared step by step.
 
-Every step uses new images (the same images for every configuration and run of a given seed), so
-the losses of each step are printed for equal-loss checks between versions. The peak RSS is
-``ru_maxrss`` of the measuring process. Each ``--targets`` value runs in a fresh subprocess so that
-its peak RSS is its own. One JSON object is printed on stdout (progress goes to stderr). Timings on
-a machine that other processes keep busy are slower and noisier: the load average is reported.
+Phases of a step (CUDA events recorded in module hooks, read after the step; host clock on CPU):
 
-Reference: the authors' code at these dims and this shape on the 2-core CPU this was written on:
-26.4 s per step (forward 11.6, backward 13.0, optimizer 1.9), 3.3 GB peak RSS.
-Target: <= 13 s per step without a feature cache.
+- ``data_wait``: waiting for the next collated batch (host clock; building it when there are no
+  workers), plus the copy to the device;
+- ``sam_encode``: pixel normalisation and SAM's image encoder (absent with the cache);
+- ``llm_forward``: CLIP tower (absent with the cache), mm projector, splice, LLM decoder, logits
+  and cross-entropy at the answer positions;
+- ``mask_forward``: query projector, batched mask decoding, upsampling, BCE + DICE;
+- ``mask_backward``: backward down to the query projector's input;
+- ``llm_backward``: the rest of the backward (LLM, with the recomputation of checkpointing);
+- ``optimizer``: ``optimizer.step()`` + ``zero_grad``.
 
-    python scripts/bench_train.py                          # reference shape, about 2-3 minutes on 2 cores
-    python scripts/bench_train.py --targets 1 5 10         # sweep of targets per image
-    python scripts/bench_train.py --gradient-checkpointing off
+Model FLOPs per step (``gsva.model.flops``, multiply-add = 2 FLOPs; N conversations of T_n tokens
+after the P patch features are spliced in, A supervised answer tokens, Q [SEG] queries, B images):
+LLM = 2·F_lin + 3·F_lora + 3·F_attn + 3·F_head with F_lin = Σ 2·T_n·W_lin (frozen decoder linear
+weights), F_lora = Σ 2·T_n·W_lora, F_attn = Σ 2·L·T_n²·d (causal), F_head = 2·A·d·V (frozen weights
+need activation gradients only, trained ones weight gradients too, attention backward = 2x);
+CLIP = B·[2·(P+1)·W_clip + 4·L_c·(P+1)²·d_c + 2·P·3·p²·d_c + 2·P·W_proj] (forward only); SAM
+encoder = B·[Σ_blocks (2·T_a·W_attn + 4·w_t·T_a·d_s + 2·T_a·(h+w)·d_s + 2·n·W_mlp) + 2·n·(3·16²·d_s +
+W_neck)] (forward only; T_a attended tokens, w_t tokens per window); mask decoder = 3·Q·F_dec with
+F_dec one query's forward counted by ``torch.utils.flop_counter``. Checkpointing's recomputation
+is not counted. MFU = model FLOPs / step seconds / the device's dense bf16 peak (H100/H200 SXM
+989.4 TFLOP/s, A100 312); the measured rate of an 8192³ bf16 matmul is reported beside it. With
+the cache the SAM and CLIP terms are not computed and not counted.
+
+Memory: peak RSS of a fresh process per configuration on the CPU; on CUDA
+``torch.cuda.max_memory_allocated`` per configuration (one process per shape, weights included).
+The ZeRO-2 per-GPU figure for 8 GPUs is an estimate: the measured peak minus this run's optimizer
+states and gradients (bf16, replicated here) plus 16 bytes per trainable parameter / 8 (DeepSpeed
+bf16 keeps an fp32 master copy, fp32 Adam moments and an fp32 gradient partition per rank).
+
+Host synchronisations: one extra step per shape under ``HostSyncCounter`` (calls that read a device
+value back, by package) and, on CUDA, under ``torch.cuda.set_sync_debug_mode`` (synchronising CUDA
+calls actually made, forward, backward and optimizer).
+
+Reference (authors' code, tiny dims, fp32, this 2-core CPU, 2 images x 5 targets): 26.4 s per step
+(forward 11.6, backward 13.0, optimizer 1.9), 3.3 GB peak RSS. Targets: <= 13 s without the
+feature cache, <= 8 s with it.
+
+    python scripts/bench_train.py                               # tiny, CPU, 5 targets, cache off and on
+    python scripts/bench_train.py --targets 1 5 10 --feature-cache off
+    python scripts/bench_train.py --shape 7b --device cuda --targets 1 3 5 8 10
+    python scripts/bench_train.py --device-check --json-out bench.json   # 7b sweep + 13b, one GPU, < 8 min
 """
 
 from __future__ import annotations
@@ -45,55 +74,91 @@ import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from gsva.batch import GsvaBatch
 from gsva.data.conversation import get_template
 from gsva.data.prompts import ANSWERS, TRAIN_QUESTIONS, format_slots, question_text
 from gsva.data.sample_builder import SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator
 from gsva.data.tokenizer import train_reference_bpe
-from gsva.model.build import build_gsva
-from gsva.model.reference_shapes import REFERENCE_VOCAB, reference_config
-from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from gsva.engine.host_syncs import HostSyncCounter
+from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
+from gsva.model.encoder_features import encode_features, encoder_layout
+from gsva.model.flops import mask_decoder_flops_per_query, step_flops
+from gsva.model.gsva import GsvaModel
+from gsva.model.reference_shapes import REFERENCE_VOCAB, SHAPES, build_reference_model
+from gsva.special_tokens import IMAGE_PLACEHOLDER
 
 AUTHORS_STEP_S = {"step": 26.4, "forward": 11.6, "backward": 13.0, "optimizer": 1.9}
 AUTHORS_PEAK_RSS_GB = 3.3
-TARGET_STEP_S = 13.0
-IMAGES_PER_STEP = 2
+TARGET_STEP_S = {"no_cache": 13.0, "cache": 8.0}
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+"""Dense bf16 peak of the SXM parts (datasheets), matched against the CUDA device name."""
 IMAGE_HEIGHT, IMAGE_WIDTH = 480, 640
 ABSENT_PER_STEP = {1: 0, 5: 3}
-"""Absent targets per micro-batch (answered [REJ]); other counts: 30 % of the targets, rounded."""
-
+"""Absent targets per 2 images (answered [REJ]); other counts: 30 % of the targets, rounded."""
+DEVICE_CHECK = {"7b": [1, 3, 5, 8, 10], "13b": [1, 5, 10]}
+"""The sweep of ``--device-check``: targets per image for each shape, cache off and on."""
+PHASES = ("data_wait", "sam_encode", "llm_forward", "mask_forward", "mask_backward", "llm_backward", "optimizer")
+CACHE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 # ----------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny",
+                        help="tiny: the authors' tiny CPU reference (default); 7b / 13b: LLaVA-7B / -13B + SAM ViT-H (CUDA)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step runs (default cpu)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="model dtype (default: fp32 for tiny, bf16 for 7b and 13b)")
     parser.add_argument("--targets", nargs="+", type=int, default=[5],
-                        help="expressions per image (micro-batch of 2 images); several values = a sweep, each "
-                             "in a fresh subprocess (default 5: the reference, 7 [SEG] + 3 [REJ] per step)")
-    parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
-                        help="activation checkpointing of the LLM decoder layers (default on, as the reference)")
-    parser.add_argument("--steps", type=int, default=3,
-                        help="timed steps after the one warm-up step (default 3, at least 3)")
+                        help="expressions per image (micro-batch of 2 images); several values = a sweep "
+                             "(default 5: the reference, 7 [SEG] + 3 [REJ] per step)")
+    parser.add_argument("--feature-cache", choices=tuple(CACHE_MODES), default="both",
+                        help="time without the frozen-encoder cache, with it, or both (default both)")
+    parser.add_argument("--images-per-step", nargs="+", type=int, default=[2],
+                        help="micro-batch size in images (default 2, the paper's); several values = a sweep")
+    parser.add_argument("--gradient-checkpointing", nargs="+", choices=("on", "off"), default=["on"],
+                        help="activation checkpointing of the LLM decoder layers (default on; 'on off' = both)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (default 3, at least 3)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers building the batches (default: 0 on cpu, 4 on cuda)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch intra-op threads (default: the cores this process may use)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, images, expressions and phrasing")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench_train"),
                         help="where the 32000-entry tokenizer is written (reused when already there)")
-    parser.add_argument("--one", type=int, default=None, metavar="TARGETS",
-                        help="internal: time one configuration in this process and print its JSON")
+    parser.add_argument("--device-check", action="store_true",
+                        help=f"the GPU check: shapes and targets {DEVICE_CHECK}, cache off and on, CUDA, bf16")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON report to this file")
+    parser.add_argument("--child", default=None, help="internal: JSON list of configurations to time in this process")
     args = parser.parse_args(argv)
+    if args.device_check:
+        args.device = "cuda"
+    if args.precision is None:
+        args.precision = "fp32" if args.shape == "tiny" and not args.device_check else "bf16"
+    if args.num_workers is None:
+        args.num_workers = 4 if args.device == "cuda" else 0
     if args.steps < 3:
         parser.error("--steps must be >= 3")
-    if args.threads < 1 or min(args.targets) < 1:
-        parser.error("--threads and every --targets value must be >= 1")
+    if args.threads < 1 or min(args.targets) < 1 or min(args.images_per_step) < 1 or args.num_workers < 0:
+        parser.error("--threads, --images-per-step and every --targets value must be >= 1, --num-workers >= 0")
+    if args.shape != "tiny" and args.device != "cuda":
+        parser.error(f"--shape {args.shape} needs --device cuda (its random weights alone take tens of GB)")
+    if args.device == "cuda" and args.child is None and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     return args
 
 
@@ -127,14 +192,38 @@ def make_image(step: int, image_index: int, seed: int, exists: list[bool]) -> tu
     return image, targets
 
 
-def slot_layout(targets_per_image: int) -> list[list[bool]]:
-    """Present/absent flags of the targets of the two images of a step: at 5 targets, 7 present and
-    3 absent in all (4+1 and 3+2), as the reference step."""
-    total = IMAGES_PER_STEP * targets_per_image
-    absent = ABSENT_PER_STEP.get(targets_per_image, round(0.3 * total))
+def slot_layout(targets_per_image: int, images: int = 2) -> list[list[bool]]:
+    """Present/absent flags of the targets of the images of a step: for 2 images at 5 targets, 7
+    present and 3 absent in all (4+1 and 3+2), as the reference step."""
+    total = images * targets_per_image
+    absent = ABSENT_PER_STEP[targets_per_image] * images // 2 if targets_per_image in ABSENT_PER_STEP else round(0.3 * total)
     flags = [index >= absent for index in range(total)]  # the first ``absent`` slots are absent
-    per_image = [flags[index::IMAGES_PER_STEP] for index in range(IMAGES_PER_STEP)]  # spread over the images
-    return per_image
+    return [flags[index::images] for index in range(images)]  # spread over the images
+
+
+class BenchSteps(Dataset):
+    """Step ``index`` -> the collated micro-batch of that step (same images in every run of a seed)."""
+
+    def __init__(self, builder: SampleBuilder, collate: Collator, targets_per_image: int, images: int, seed: int) -> None:
+        self.builder = builder
+        self.collate = collate
+        self.layout = slot_layout(targets_per_image, images)
+        self.seed = seed
+
+    def samples(self, index: int) -> list:
+        rng = random.Random(f"{self.seed}/phrasing/{index}")
+        samples = []
+        for image_index, exists in enumerate(self.layout):
+            image, targets = make_image(index, image_index, self.seed, exists)
+            samples.append(self.builder.segmentation(image, targets, rng, {"image_id": f"{index}/{image_index}"}))
+        return samples
+
+    def __getitem__(self, index: int) -> GsvaBatch:
+        return self.collate(self.samples(index))
+
+
+def _unbatched(item: GsvaBatch) -> GsvaBatch:
+    return item
 
 
 def tokenizer_corpus(seed: int) -> list[str]:
@@ -157,87 +246,295 @@ def prepare_tokenizer(work_dir: Path, seed: int) -> Path:
     return train_reference_bpe(tokenizer_corpus(seed), REFERENCE_VOCAB, work_dir / "tokenizer", seed)
 
 
-# ----------------------------------------------------------------- one configuration (child process)
+# ----------------------------------------------------------------- timing
+class PhaseClock:
+    """Named boundaries of a step: CUDA events (no synchronisation until ``read``) or the host clock.
+
+    A mark closes the phase it names (the time since the previous mark is added to it). Module
+    hooks place the marks inside ``model(batch)`` and its backward.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, Any]] = []
+
+    def _now(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self.marks = [("start", self._now())]
+
+    def mark(self, phase: str) -> None:
+        if self.marks:
+            self.marks.append((phase, self._now()))
+
+    def read(self) -> dict[str, float]:
+        """Seconds per phase (synchronises with the device)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        seconds: dict[str, float] = {}
+        for (_, before), (phase, after) in zip(self.marks, self.marks[1:]):
+            elapsed = before.elapsed_time(after) / 1000 if self.cuda else after - before
+            seconds[phase] = seconds.get(phase, 0.0) + elapsed
+        self.marks = []
+        return seconds
+
+    def attach(self, model: GsvaModel) -> None:
+        encoder = model.visual_model.image_encoder
+        encoder.register_forward_pre_hook(lambda *_: self.mark("sam_encode"))  # closes the pixel normalisation
+        encoder.register_forward_hook(lambda *_: self.mark("sam_encode"))
+        model.query_projector.register_forward_pre_hook(lambda *_: self.mark("llm_forward"))
+        model.query_projector.register_full_backward_hook(lambda *_: self.mark("mask_backward"))
+
+
+def optimizer_for(model: GsvaModel, device: torch.device) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=device.type == "cuda")
+
+
+def timed_step(model: GsvaModel, optimizer: torch.optim.Optimizer, batches, clock: PhaseClock, device: torch.device):
+    """One training step: (seconds per phase + wall, losses, the host batch)."""
+    wall_start = time.perf_counter()
+    batch = next(batches)
+    on_device = batch.to(device)
+    data_wait = time.perf_counter() - wall_start
+    clock.start()
+    losses = model(on_device)
+    clock.mark("mask_forward")
+    losses.total.backward()
+    clock.mark("llm_backward")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    clock.mark("optimizer")
+    values = {name: float(getattr(losses, name).detach()) for name in ("total", "ce", "bce", "dice")}
+    seconds = {"data_wait": data_wait, **clock.read()}
+    seconds["wall"] = time.perf_counter() - wall_start
+    return seconds, values, batch
+
+
+def fill_cache(
+    model: GsvaModel, layout: FeatureLayout, steps: BenchSteps, count: int, directory: Path, device: torch.device
+) -> FeatureCache:
+    """The frozen-encoder features of the images of steps 0 .. count - 1, as precompute writes them."""
+    with FeatureCacheWriter(directory, layout, "bench") as writer:
+        for index in range(count):
+            samples = steps.samples(index)
+            sam, clip = encode_features(model, steps.collate(samples).to(device))
+            for sample, sam_row, clip_row in zip(samples, sam, clip):
+                writer.add(image_key(sample.sam_image, sample.clip_image), sam_row, clip_row)
+    return FeatureCache.open(directory)
+
+
+def batch_shape(batch: GsvaBatch, patches: int) -> dict[str, int]:
+    return {
+        "conversations": int(batch.input_ids.shape[0]),
+        "llm_tokens": int(batch.attention_mask.sum()) + batch.input_ids.shape[0] * (patches - 1),
+        "llm_tokens_padded": batch.input_ids.shape[0] * (batch.input_ids.shape[1] + patches - 1),
+        "answer_tokens": int(batch.answer_rows.numel()),
+        "seg": int(batch.seg_rows.numel()),
+        "rej": sum(batch.rejected_per_image),
+    }
+
+
+# ----------------------------------------------------------------- one process: one shape, several configurations
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    targets_per_image = args.one
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    cfg = reference_config("tiny", args.work_dir / "tokenizer", "fp32", args.seed, args.gradient_checkpointing == "on")
-    tokenizer, model, prompts = build_gsva(cfg)
-    model.train()
-    build_s = time.perf_counter() - start
-    peak_after_build = _peak_rss_mib()
-    builder = SampleBuilder(tokenizer, prompts, SampleSettings(sam_image_size=1024, clip_image_size=224, max_tokens=1024))
-    collate = Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0)
-    layout = slot_layout(targets_per_image)
-    torch.manual_seed(args.seed)  # LoRA dropout: the same masks in every run, for equal-loss checks
+def matmul_tflops(device: torch.device) -> float | None:
+    """Measured rate of an 8192³ bf16 matmul on random data (median of 10 after 3 warm-ups), CUDA only."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * 8192**3 / sorted(times)[len(times) // 2] / 1e12
 
-    def step(index: int) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
-        seconds = {}
-        begin = time.perf_counter()
-        rng = random.Random(f"{args.seed}/phrasing/{index}")
-        samples = []
-        for image_index, exists in enumerate(layout):
-            image, targets = make_image(index, image_index, args.seed, exists)
-            samples.append(builder.segmentation(image, targets, rng, {"image_id": f"{index}/{image_index}"}))
-        batch = collate(samples)
-        seconds["data"] = time.perf_counter() - begin
-        begin = time.perf_counter()
-        losses = model(batch)
-        seconds["forward"] = time.perf_counter() - begin
-        begin = time.perf_counter()
-        losses.total.backward()
-        seconds["backward"] = time.perf_counter() - begin
-        begin = time.perf_counter()
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def _python_site() -> str:
+    """``path:line`` of the innermost Python frame outside torch and this script (the autograd
+    engine's own threads have none)."""
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    for frame in reversed(traceback.extract_stack()):
+        if not frame.filename.startswith(torch_dir) and frame.filename not in (__file__, warnings.__file__):
+            return f"{frame.filename}:{frame.lineno}"
+    return "<autograd engine>"
+
+
+def cuda_sync_sites(model: GsvaModel, optimizer: torch.optim.Optimizer, batch: GsvaBatch) -> Counter[str]:
+    """Synchronising CUDA calls of one step (``torch.cuda.set_sync_debug_mode``), by Python site."""
+    sites: Counter[str] = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" in str(message):
+            sites[_python_site()] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(batch).total.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sites
+
+
+def count_host_syncs(model: GsvaModel, optimizer: torch.optim.Optimizer, batches, device: torch.device) -> dict[str, Any]:
+    """Read-backs of one step's forward + backward, and of its optimizer step, counted apart
+    (``HostSyncCounter``); on CUDA, the synchronising calls of a second step by site."""
+    batch = next(batches).to(device)
+    counters = {"forward_backward": HostSyncCounter(), "optimizer": HostSyncCounter()}
+    with counters["forward_backward"]:
+        model(batch).total.backward()
+    with counters["optimizer"]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        seconds["optimizer"] = time.perf_counter() - begin
-        values = {name: float(getattr(losses, name).detach()) for name in ("total", "ce", "bce", "dice")}
-        shape = {
-            "conversations": int(batch.input_ids.shape[0]),
-            "tokens_padded": int(batch.input_ids.shape[1]),
-            "answer_tokens": int((batch.labels != IGNORE_INDEX).sum()),
-            "seg": int(sum(int(e.sum()) for e in batch.slot_exists)),
-            "rej": int(sum(int((~e).sum()) for e in batch.slot_exists)),
+    project = Path(__file__).resolve().parents[1] / "gsva"
+    report: dict[str, Any] = {
+        part: {
+            "read_backs_by_package": counter.by_package(),
+            "read_backs_in_gsva": sum(counter.from_files_under(project).values()),
+            "sites": sorted({f"{name} {origin}" for (name, origin) in counter.events}),
         }
-        return seconds, values, shape
+        for part, counter in counters.items()
+    }
+    if device.type == "cuda":
+        report["cuda_synchronizing_calls"] = dict(cuda_sync_sites(model, optimizer, next(batches).to(device)))
+    return report
 
-    warm_seconds, warm_losses, _ = step(0)
-    load_before = os.getloadavg()[0]
-    timed = [step(index) for index in range(1, args.steps + 1)]
-    phases = ("data", "forward", "backward", "optimizer")
-    mean = {name: sum(s[name] for s, _, _ in timed) / len(timed) for name in phases}
-    step_s = [sum(s.values()) for s, _, _ in timed]
+
+def run_child(args: argparse.Namespace) -> dict[str, Any]:
+    configs = json.loads(args.child)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    tokenizer, model, prompts, cfg = build_reference_model(
+        args.shape, args.work_dir / "tokenizer", args.precision, args.seed, args.device, args.gradient_checkpointing[0] == "on"
+    )
+    model.train()
+    build_s = time.perf_counter() - start
+    tower = model.mllm.vision_tower.config
+    patches = (tower.image_size // tower.patch_size) ** 2
+    builder = SampleBuilder(tokenizer, prompts, SampleSettings(sam_image_size=1024, clip_image_size=224, max_tokens=1024))
+    decoder_flops = mask_decoder_flops_per_query(model)
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    trainable = sum(p.numel() for p in initial.values())
+    clock = PhaseClock(device)
+    clock.attach(model)
+    peak_tflops = device_peak_tflops(device)
+    results, sync_report, layout = [], None, None
+    with tempfile.TemporaryDirectory(prefix="bench_train_cache_") as cache_root:
+        for targets, cached, images in configs:
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if parameter.requires_grad:
+                        parameter.copy_(initial[name])
+            optimizer = optimizer_for(model, device)
+            torch.manual_seed(args.seed)  # LoRA dropout: the same masks in every configuration
+            collate = Collator(tokenizer.pad_token_id, 1024)
+            steps = BenchSteps(builder, collate, targets, images, args.seed)
+            if cached:
+                layout = layout or encoder_layout(model)
+                directory = Path(cache_root) / f"targets{targets}-images{images}"
+                cache = fill_cache(model, layout, steps, args.steps + 1, directory, device)
+                steps = BenchSteps(builder, Collator(tokenizer.pad_token_id, 1024, cache), targets, images, args.seed)
+            loader = DataLoader(
+                steps, sampler=range(args.steps + 3), batch_size=None, collate_fn=_unbatched,
+                num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                prefetch_factor=4 if args.num_workers else None,
+            )
+            batches = iter(loader)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            warm_seconds, warm_losses, _ = timed_step(model, optimizer, batches, clock, device)
+            load_before = os.getloadavg()[0]
+            timed = [timed_step(model, optimizer, batches, clock, device) for _ in range(args.steps)]
+            result = summarize(timed, model, decoder_flops, patches, cached, peak_tflops)
+            result.update({
+                "targets_per_image": targets,
+                "images_per_step": images,
+                "gradient_checkpointing": args.gradient_checkpointing[0] == "on",
+                "warmup": {"s": round(warm_seconds["wall"], 3), "losses": {k: round(v, 6) for k, v in warm_losses.items()}},
+                "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            })
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                states = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+                grads_bytes = sum(p.numel() * p.element_size() for p in initial.values())
+                result["cuda_max_allocated_gib"] = round(peak / 2**30, 2)
+                result["zero2_8gpu_per_gpu_gib_estimate"] = round((peak - states - grads_bytes + 16 * trainable / 8) / 2**30, 2)
+            else:
+                result["peak_rss_mib"] = round(_peak_rss_mib())
+            if sync_report is None:
+                sync_report = count_host_syncs(model, optimizer, batches, device)
+            results.append(result)
+            print(f"[bench_train] {args.shape} targets {targets} images {images} cache {'on' if cached else 'off'} "
+                  f"checkpointing {args.gradient_checkpointing[0]}: {result['s_per_step']} s/step, "
+                  f"MFU {result['mfu']}", file=sys.stderr, flush=True)
+            del batches, loader, optimizer
     return {
-        "targets_per_image": targets_per_image,
-        "images_per_step": IMAGES_PER_STEP,
-        "gradient_checkpointing": args.gradient_checkpointing == "on",
-        "steps_timed": len(timed),
-        "s_per_step": round(sum(step_s) / len(step_s), 2),
-        "s_per_step_without_data": round(sum(step_s) / len(step_s) - mean["data"], 2),
-        "phase_s_mean": {name: round(value, 3) for name, value in mean.items()},
-        "step_s": [round(value, 2) for value in step_s],
-        "phase_s_per_step": [{name: round(s[name], 3) for name in phases} for s, _, _ in timed],
-        "losses_per_step": [{name: round(value, 6) for name, value in v.items()} for _, v, _ in timed],
-        "batch_per_step": [shape for _, _, shape in timed],
-        "warmup": {"s": round(sum(warm_seconds.values()), 2), "losses": {k: round(v, 6) for k, v in warm_losses.items()}},
-        "peak_rss_mib": round(_peak_rss_mib()),
-        "peak_rss_during_build_mib": round(peak_after_build),
+        "shape": args.shape,
         "build_s": round(build_s, 1),
-        "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "results": results,
+        "host_syncs": sync_report,
+        "matmul_bf16_tflops_measured": matmul_tflops(device),
+        "device_bf16_peak_tflops": peak_tflops,
         "model": {
             "parameters": sum(p.numel() for p in model.parameters()),
-            "trainable_parameters": sum(p.numel() for p in trainable),
+            "trainable_parameters": trainable,
             "embedding_rows": model.mllm.language_model.get_input_embeddings().weight.shape[0],
             "tokenizer_entries": len(tokenizer),
             "dims": dataclasses.asdict(cfg.model.tiny),
+            "sam_type": cfg.model.sam_type,
+            "mask_decoder_forward_gflops_per_query": round(decoder_flops / 1e9, 3),
         },
+    }
+
+
+def summarize(timed, model, decoder_flops, patches, cached, peak_tflops) -> dict[str, Any]:
+    """Means over the timed steps, throughput and FLOPs utilisation."""
+    phase_mean = {name: sum(s.get(name, 0.0) for s, _, _ in timed) / len(timed) for name in PHASES}
+    step_s = sum(s["wall"] for s, _, _ in timed) / len(timed)
+    shapes = [batch_shape(batch, patches) for _, _, batch in timed]
+    flops = [step_flops(model, batch, decoder_flops) for _, _, batch in timed]
+    model_flops = sum(f.without_frozen_encoders() if cached else f.total for f in flops) / len(flops)
+    achieved = model_flops / step_s / 1e12
+    return {
+        "feature_cache": cached,
+        "steps_timed": len(timed),
+        "s_per_step": round(step_s, 4),
+        "phase_s_mean": {name: round(value, 4) for name, value in phase_mean.items()},
+        "step_s": [round(s["wall"], 4) for s, _, _ in timed],
+        "samples_per_s": round(timed[0][2].num_images / step_s, 3),
+        "llm_tokens_per_s": round(sum(s["llm_tokens"] for s in shapes) / len(shapes) / step_s, 1),
+        "model_tflop_per_step": round(model_flops / 1e12, 4),
+        "model_tflop_per_step_parts": {k: round(v / 1e12, 4) for k, v in dataclasses.asdict(flops[0]).items()},
+        "achieved_tflops": round(achieved, 3),
+        "mfu": round(achieved / peak_tflops, 4) if peak_tflops else None,
+        "losses_per_step": [{name: round(value, 6) for name, value in v.items()} for _, v, _ in timed],
+        "batch_per_step": shapes,
     }
 
 
@@ -246,65 +543,120 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _child(args: argparse.Namespace, shape: str, checkpointing: str, configs: list[tuple[int, bool, int]]) -> dict[str, Any]:
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(configs), "--shape", shape,
+        "--device", args.device, "--precision", args.precision, "--steps", str(args.steps),
+        "--gradient-checkpointing", checkpointing, "--threads", str(args.threads),
+        "--num-workers", str(args.num_workers), "--seed", str(args.seed), "--work-dir", str(args.work_dir),
+    ]
+    child = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, text=True)
+    if child.returncode != 0:
+        reason = "killed (out of memory?)" if child.returncode < 0 else f"exit status {child.returncode}"
+        return {"error": reason, "configs": configs}
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per targets value: cache speed-up and the largest relative loss difference with/without it."""
+    by_targets: dict[tuple, dict[bool, dict[str, Any]]] = {}
+    for result in results:
+        key = (result["targets_per_image"], result["images_per_step"], result["gradient_checkpointing"])
+        by_targets.setdefault(key, {})[result["feature_cache"]] = result
+    comparison = {}
+    for (targets, images, checkpointing), pair in sorted(by_targets.items()):
+        if len(pair) < 2:
+            continue
+        plain, cached = pair[False], pair[True]
+        differences = [
+            abs(a[name] - b[name]) / max(abs(a[name]), 1e-12)
+            for a, b in zip(plain["losses_per_step"], cached["losses_per_step"])
+            for name in a
+        ]
+        comparison[f"targets {targets}, images {images}, checkpointing {'on' if checkpointing else 'off'}"] = {
+            "cache_speedup": round(plain["s_per_step"] / cached["s_per_step"], 3),
+            "max_relative_loss_difference": float(f"{max(differences):.3g}"),
+        }
+    return comparison
+
+
 def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     wall_start = time.perf_counter()
     load_at_start = [round(value, 2) for value in os.getloadavg()]
-    if load_at_start[0] > 0.5:
+    if args.device == "cpu" and load_at_start[0] > 0.5:
         _log(f"[bench_train] warning: load average {load_at_start[0]} before the start: other processes use "
              "the CPU and the timings will be slower and noisier than on an idle machine")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     prepare_tokenizer(args.work_dir, args.seed)
-    results: dict[str, Any] = {}
-    model_info: dict[str, Any] = {}
+    sweep = DEVICE_CHECK if args.device_check else {args.shape: args.targets}
+    cache_modes = CACHE_MODES[args.feature_cache]
+    shapes: dict[str, Any] = {}
     failed = False
-    for targets in args.targets:
-        _log(f"[bench_train] {targets} targets per image x {IMAGES_PER_STEP} images: 1 + {args.steps} steps ...")
-        command = [
-            sys.executable, str(Path(__file__).resolve()), "--one", str(targets), "--steps", str(args.steps),
-            "--gradient-checkpointing", args.gradient_checkpointing, "--threads", str(args.threads),
-            "--seed", str(args.seed), "--work-dir", str(args.work_dir),
-        ]
-        child = subprocess.run(command, capture_output=True, text=True)
-        if child.returncode != 0:
-            failed = True
-            reason = "killed (out of memory?)" if child.returncode < 0 else f"exit status {child.returncode}"
-            results[str(targets)] = {"error": reason, "stderr_tail": child.stderr[-2000:]}
-            _log(f"[bench_train]   failed: {reason}\n{child.stderr[-2000:]}")
-            continue
-        results[str(targets)] = json.loads(child.stdout.strip().splitlines()[-1])
-        model_info = results[str(targets)].pop("model")
-        _log(f"[bench_train]   {results[str(targets)]['s_per_step']} s/step")
-    reference = results.get("5", {})
-    report = {
-        "device": "cpu",
-        "precision": "fp32",
+    for shape, targets_list in sweep.items():
+        configs = [(t, cached, images) for t in targets_list for images in args.images_per_step for cached in cache_modes]
+        if args.device == "cuda":  # one process per shape and checkpointing setting
+            _log(f"[bench_train] {shape}: {len(configs)} configurations per checkpointing setting ...")
+            parts = [_child(args, shape, checkpointing, configs) for checkpointing in args.gradient_checkpointing]
+        else:  # a fresh process per configuration: its peak RSS is its own
+            parts = [_child(args, shape, checkpointing, [config])
+                     for checkpointing in args.gradient_checkpointing for config in configs]
+        report = next((part for part in parts if "error" not in part), parts[0])
+        report = {**report, "results": [r for part in parts for r in part.get("results", [])],
+                  "errors": [part for part in parts if "error" in part]}
+        failed |= bool(report["errors"])
+        report["cache_comparison"] = compare(report["results"])
+        shapes[shape] = report
+        if args.json_out is not None:  # what is done so far survives an interrupted sweep
+            write_json(args.json_out, {"partial": True, "shapes": shapes})
+    summary = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "precision": args.precision,
         "threads": args.threads,
+        "num_workers": args.num_workers,
         "torch": torch.__version__,
         "load_average_at_start": load_at_start,
-        "model": model_info,
         "optimizer": "torch.optim.AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0) on the trainable parameters",
-        "data": {"image_size_hw": [IMAGE_HEIGHT, IMAGE_WIDTH], "images_per_step": IMAGES_PER_STEP,
-                 "phrasing": "SampleBuilder.segmentation (training)", "feature_cache": False},
-        "results": results,
-        "authors_reference": {**{f"{k}_s": v for k, v in AUTHORS_STEP_S.items()}, "peak_rss_gb": AUTHORS_PEAK_RSS_GB,
-                              "setting": "official code, these dims, 2 images x 5 targets (7 [SEG], 3 [REJ]), "
-                                         "gradient checkpointing on, this machine"},
-        "target": f"<= {TARGET_STEP_S} s per step without a feature cache (targets 5)",
-        "speedup_vs_authors": round(AUTHORS_STEP_S["step"] / reference["s_per_step"], 2) if "s_per_step" in reference else None,
-        "target_met": reference.get("s_per_step", float("inf")) <= TARGET_STEP_S,
+        "data": {"image_size_hw": [IMAGE_HEIGHT, IMAGE_WIDTH], "phrasing": "SampleBuilder.segmentation (training)"},
+        "shapes": shapes,
         "total_wall_s": round(time.perf_counter() - wall_start, 1),
     }
-    return report, failed
+    tiny = shapes.get("tiny", {})
+    reference = {
+        r["feature_cache"]: r for r in tiny.get("results", [])
+        if r["targets_per_image"] == 5 and r["images_per_step"] == 2 and r["gradient_checkpointing"]
+    }
+    if reference:
+        summary["authors_reference"] = {
+            **{f"{k}_s": v for k, v in AUTHORS_STEP_S.items()}, "peak_rss_gb": AUTHORS_PEAK_RSS_GB,
+            "setting": "official code, tiny dims, 2 images x 5 targets (7 [SEG], 3 [REJ]), fp32, this 2-core CPU",
+        }
+        summary["targets"] = {
+            ("cache" if cached else "no_cache"): {
+                "s_per_step": result["s_per_step"],
+                "target_s": TARGET_STEP_S["cache" if cached else "no_cache"],
+                "met": result["s_per_step"] <= TARGET_STEP_S["cache" if cached else "no_cache"],
+                "speedup_vs_authors": round(AUTHORS_STEP_S["step"] / result["s_per_step"], 2),
+            }
+            for cached, result in reference.items()
+        }
+    return summary, failed
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.one is not None:
+    if args.child is not None:
         prepare_tokenizer(args.work_dir, args.seed)
-        print(json.dumps(run_one(args)))
+        print(json.dumps(run_child(args)))
         return 0
     report, failed = run_all(args)
     print(json.dumps(report, indent=2))
+    if args.json_out is not None:
+        write_json(args.json_out, report)
     return 1 if failed else 0
 
 

@@ -157,3 +157,36 @@ def test_gradient_checkpointing_and_llama2_template(synthetic_root, tokenizer_di
     losses.total.backward()
     assert torch.isfinite(losses.total)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_sam_relative_positions_match_segment_anything():
+    """Our device-side relative-position lookup equals the library's (loaded afresh: the import
+    of gsva.model.sam installs ours in its place)."""
+    import importlib.util
+
+    from gsva.model.sam import relative_position_table
+
+    spec = importlib.util.find_spec("segment_anything.modeling.image_encoder")
+    library = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(library)
+    torch.manual_seed(0)
+    for q_size, k_size, rows in ((14, 14, 27), (64, 64, 127), (64, 64, 27), (8, 16, 31)):
+        table = torch.randn(rows, 12)
+        assert torch.equal(relative_position_table(q_size, k_size, table), library.get_rel_pos(q_size, k_size, table))
+
+
+def test_bf16_model_trains_a_step(synthetic_root, tokenizer_dir):
+    """bf16 end to end (SAM's dense positional encoding included, which segment_anything computes
+    from float32 coordinates and cannot multiply by a bf16 buffer)."""
+    from gsva.model.mask_decoding import dense_positional_encoding
+
+    cfg = tiny_config(synthetic_root, tokenizer_dir, "model.precision=bf16")
+    torch.manual_seed(0)
+    tokenizer, model, prompts = build_gsva(cfg)
+    batch, _ = make_batch(cfg, tokenizer, prompts)
+    losses = model(batch)
+    losses.total.backward()
+    assert torch.isfinite(losses.total)
+    assert model.visual_model.mask_decoder.output_upscaling[0].weight.grad is not None
+    fp32_encoder = model.visual_model.prompt_encoder.float()
+    assert torch.equal(dense_positional_encoding(fp32_encoder), fp32_encoder.get_dense_pe())

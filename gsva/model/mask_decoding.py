@@ -8,6 +8,8 @@ single-mask output (``multimask_output=False``, mask token 0) is computed, as GS
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
@@ -52,7 +54,7 @@ def _decode_chunk(
     """``decode_masks`` for one chunk of queries: (Q, C), (Q,) -> (Q, 4h, 4w)."""
     dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     source = image_embeddings.index_select(0, query_to_image) + dense
-    position = prompt_encoder.get_dense_pe().to(source.dtype).expand(source.shape[0], -1, -1, -1)
+    position = dense_positional_encoding(prompt_encoder).to(source.dtype).expand(source.shape[0], -1, -1, -1)
     output_tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat(
         [output_tokens.unsqueeze(0).expand(queries.shape[0], -1, -1), queries.unsqueeze(1).to(output_tokens.dtype)],
@@ -65,6 +67,19 @@ def _decode_chunk(
     up_batch, up_channels, up_height, up_width = upscaled.shape
     masks = torch.bmm(hyper.unsqueeze(1), upscaled.reshape(up_batch, up_channels, up_height * up_width))
     return masks.reshape(up_batch, up_height, up_width)
+
+
+def dense_positional_encoding(prompt_encoder: PromptEncoder) -> torch.Tensor:
+    """(1, C, h, w) SAM's dense positional encoding of the image-embedding grid, computed in
+    float32 whatever the model's dtype (``PromptEncoder.get_dense_pe`` multiplies float32 grid
+    coordinates by the buffer in the model's dtype, which fails once the model is bf16)."""
+    frequencies = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.float()
+    height, width = prompt_encoder.image_embedding_size
+    grid = torch.ones((height, width), device=frequencies.device)
+    y = (grid.cumsum(dim=0) - 0.5) / height
+    x = (grid.cumsum(dim=1) - 0.5) / width
+    angles = 2 * math.pi * ((2 * torch.stack([x, y], dim=-1) - 1) @ frequencies)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).permute(2, 0, 1).unsqueeze(0)
 
 
 def postprocess_masks(

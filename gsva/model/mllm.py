@@ -87,10 +87,12 @@ class LlavaModel(nn.Module):
 
     def vision_features(self, clip_images: torch.Tensor) -> torch.Tensor:
         """(B, 3, C, C) uint8 -> (B, P, D_v) patch features of the frozen tower's layer
-        ``select_layer`` (no CLS), before the projector: what a feature cache stores."""
+        ``select_layer`` (no CLS), before the projector: what a feature cache stores. Contiguous,
+        like the features read from a cache: the projector's bf16 matmul rounds differently on a
+        strided input."""
         pixels = normalize_clip_images(clip_images).to(self.vision_tower.dtype)
         outputs = self.vision_tower(pixel_values=pixels, output_hidden_states=True)
-        return outputs.hidden_states[self.select_layer][:, 1:]
+        return outputs.hidden_states[self.select_layer][:, 1:].contiguous()
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(…) ids -> (…, D); ``IMAGE_TOKEN_INDEX`` entries embed as id 0 (they are replaced)."""

@@ -4,9 +4,17 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+from transformers import PreTrainedTokenizerBase
+
 from gsva.config import Config, DataConfig, ModelConfig, RunConfig, TinyDims
+from gsva.data.prompts import PromptSettings
+from gsva.model.build import DTYPES, build_gsva
+from gsva.model.gsva import GsvaModel
 
 REFERENCE_VOCAB = 32000
 """LLaMA's vocabulary; the task tokens [SEG] [REJ] <im_start> <im_end> make it 32004."""
@@ -47,7 +55,12 @@ LLAVA_7B_DIMS = dataclasses.replace(
 )
 """LLaVA-7B (LLaMA-7B + CLIP ViT-L/14); SAM is the published ViT-H (``sam_type=vit_h``)."""
 
-SHAPES = {"tiny": (TINY_REFERENCE_DIMS, "tiny"), "7b": (LLAVA_7B_DIMS, "vit_h")}
+LLAVA_13B_DIMS = dataclasses.replace(
+    LLAVA_7B_DIMS, llm_hidden_size=5120, llm_layers=40, llm_heads=40, llm_intermediate_size=13824
+)
+"""LLaVA-13B (LLaMA-13B + CLIP ViT-L/14); SAM ViT-H."""
+
+SHAPES = {"tiny": (TINY_REFERENCE_DIMS, "tiny"), "7b": (LLAVA_7B_DIMS, "vit_h"), "13b": (LLAVA_13B_DIMS, "vit_h")}
 
 
 def reference_config(
@@ -70,3 +83,26 @@ def reference_config(
             precision=precision,
         ),
     )
+
+
+@contextmanager
+def building_on(device: str, dtype: torch.dtype) -> Iterator[None]:
+    """Create parameters directly on ``device`` in ``dtype`` (a 7B model is never built in fp32 on the host)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_reference_model(
+    shape: str, tokenizer_dir: Path, precision: str, seed: int, device: str = "cpu", gradient_checkpointing: bool = False
+) -> tuple[PreTrainedTokenizerBase, GsvaModel, PromptSettings, Config]:
+    """(tokenizer, GsvaModel on ``device``, prompt settings, config) of a benchmark shape, random weights;
+    on CUDA the weights are created on the device in the precision's dtype."""
+    cfg = reference_config(shape, tokenizer_dir, precision, seed, gradient_checkpointing)
+    with building_on(device, DTYPES[precision] if device == "cuda" else torch.float32):
+        tokenizer, model, prompts = build_gsva(cfg)
+    return tokenizer, model.to(device), prompts, cfg

@@ -10,12 +10,32 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import image_encoder
 
 from gsva.config import TinyDims
 
 PUBLISHED_SAM_TYPES = ("vit_h", "vit_l", "vit_b")
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """(q_size, k_size, C) relative-position embeddings of one axis, as ``segment_anything``'s
+    ``get_rel_pos`` computes them, but with the index built on ``rel_pos``'s device: the original
+    indexes a GPU tensor with a CPU index, a blocking copy (a host synchronisation) twice per
+    block, 64 per image for ViT-H. Installed in place of the original below."""
+    max_distance = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_distance:
+        resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_distance, mode="linear")
+        rel_pos = resized.reshape(-1, max_distance).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+image_encoder.get_rel_pos = relative_position_table
 
 
 def build_tiny_sam(dims: TinyDims, image_size: int) -> Sam:
