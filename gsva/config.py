@@ -83,6 +83,7 @@ class DataConfig:
     clip_image_size: int = 224
     model_max_length: int = 512
     num_workers: int = 2
+    group_by_length: bool = False
     pin_memory: bool = True
     prefetch_factor: int = 4
     feature_cache: Optional[str] = None
@@ -281,6 +282,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.sam_checkpoint is required for model.sam_type={cfg.model.sam_type!r} "
             "(e.g. sam_vit_h_4b8939.pth); use model.sam_type=tiny for a random tiny SAM"
+        )
+    if cfg.data.group_by_length and cfg.schedule.mode != "epochs":
+        raise ConfigError(
+            f"data.group_by_length applies to schedule.mode: epochs (got {cfg.schedule.mode!r}); "
+            "set data.group_by_length=false for the sampled task mixture"
         )
     if cfg.optim.micro_batch_size < 1 or cfg.optim.grad_accum_steps < 1:
         raise ConfigError("optim.micro_batch_size and optim.grad_accum_steps must be >= 1")

@@ -11,7 +11,11 @@ same sample, and resuming at micro-step m reproduces the run exactly.
   ``(m·W + r)·B … (m·W + r)·B + B − 1`` for micro-step m.
 - ``FullPassStream``: key = (epoch, position) over the concatenation of the datasets; every image
   once per epoch in a seeded order (``no_sampling`` in the authors' terms). ``FullPassSampler``
-  shards each epoch's order across ranks and drops the ragged end.
+  shards each epoch's order across ranks and drops the ragged end. Given a length hint per
+  position (``data.group_by_length``), it sorts each window of ``LENGTH_GROUP_BATCHES``
+  micro-batches of a rank by length and shuffles the resulting micro-batches within the window,
+  so that a micro-batch holds prompts of similar length (less padding) and the order stays a pure
+  function of (seed, epoch).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from typing import Protocol
 import torch
 
 from gsva.data.samples import ImageSample
+
+LENGTH_GROUP_BATCHES = 64
+"""Micro-batches per window within which ``FullPassSampler`` groups positions by length."""
 
 
 class TrainingDataset(Protocol):
@@ -89,9 +96,20 @@ class FullPassStream:
 
     def __getitem__(self, key: tuple[int, int]) -> ImageSample:
         epoch, position = key
+        dataset, item = self._locate(position)
+        return dataset.sample(item, random.Random(f"{self.seed}-epoch-{epoch}-{position}"))
+
+    def length_hint(self, position: int) -> float:
+        """The expected prompt size of ``position``'s samples from its dataset's ``length_hint``;
+        0.0 for a dataset without one."""
+        dataset, item = self._locate(position)
+        hint = getattr(dataset, "length_hint", None)
+        return 0.0 if hint is None else float(hint(item))
+
+    def _locate(self, position: int) -> tuple[TrainingDataset, int]:
+        """(dataset, image index) of ``position`` in the concatenation of the datasets."""
         which = bisect.bisect_right(self.offsets, position) - 1
-        rng = random.Random(f"{self.seed}-epoch-{epoch}-{position}")
-        return self.datasets[which].sample(position - self.offsets[which], rng)
+        return self.datasets[which], position - self.offsets[which]
 
 
 class MixtureSampler:
@@ -112,10 +130,23 @@ class MixtureSampler:
 
 
 class FullPassSampler:
-    """Endless micro-batches of (epoch, position) keys for one rank, from ``start_micro_step``."""
+    """Endless micro-batches of (epoch, position) keys for one rank, from ``start_micro_step``;
+    grouped by length when ``lengths`` gives a length hint per position."""
 
-    def __init__(self, length: int, micro_batch_size: int, rank: int, world_size: int, seed: int, start_micro_step: int = 0) -> None:
+    def __init__(
+        self,
+        length: int,
+        micro_batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        start_micro_step: int = 0,
+        lengths: list[float] | None = None,
+    ) -> None:
+        if lengths is not None and len(lengths) != length:
+            raise ValueError(f"{len(lengths)} length hints for {length} training images; expected one per image")
         self.length = length
+        self.lengths = lengths
         self.micro_batch_size = micro_batch_size
         self.rank = rank
         self.world_size = world_size
@@ -132,10 +163,31 @@ class FullPassSampler:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, skip = divmod(self.start_micro_step, self.batches_per_epoch)
-        size = self.micro_batch_size
         while True:
-            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-            mine = order[self.rank :: self.world_size].tolist()
-            for batch in range(skip, self.batches_per_epoch):
-                yield [(epoch, position) for position in mine[batch * size : (batch + 1) * size]]
+            for batch in self.epoch_batches(epoch)[skip:]:
+                yield [(epoch, position) for position in batch]
             epoch, skip = epoch + 1, 0
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches of positions in ``epoch``: its share of the epoch's seeded
+        order without the ragged end, grouped by length when the sampler has lengths."""
+        size = self.micro_batch_size
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        mine = order[self.rank :: self.world_size][: self.batches_per_epoch * size].tolist()
+        if self.lengths is None:
+            return [mine[start : start + size] for start in range(0, len(mine), size)]
+        window = LENGTH_GROUP_BATCHES * size
+        batches: list[list[int]] = []
+        for number, first in enumerate(range(0, len(mine), window)):
+            rng = random.Random(f"{self.seed}-epoch-{epoch}-window-{number}")
+            batches += _group_by_length(mine[first : first + window], self.lengths, size, rng)
+        return batches
+
+
+def _group_by_length(window: list[int], lengths: list[float], size: int, rng: random.Random) -> list[list[int]]:
+    """``window`` (a whole number of micro-batches of ``size``) sorted by ``lengths`` (stable), cut
+    into micro-batches, which ``rng`` shuffles."""
+    ranked = sorted(window, key=lengths.__getitem__)
+    batches = [ranked[start : start + size] for start in range(0, len(ranked), size)]
+    rng.shuffle(batches)
+    return batches

@@ -63,11 +63,21 @@ class ReferSegDataset(Dataset):
     def sample(self, item: int, rng: random.Random) -> ImageSample:
         """A training sample of image ``item`` drawn with ``rng``."""
         expressions = self.index.expressions(self.image_ids[item], self.split)
-        count = min(self.builder.settings.num_classes_per_sample, len(expressions))
+        count = self._sample_size(expressions)
         chosen = rng.sample(expressions, count)
         if all(e.no_target for e in chosen):
             chosen[rng.randrange(count)] = rng.choice([e for e in expressions if not e.no_target])
         return self._build(item, chosen, rng)
+
+    def length_hint(self, item: int) -> float:
+        """Expected characters of the expressions that ``sample`` names for image ``item``: the
+        number it draws times the mean length of the image's expressions (no image is read)."""
+        expressions = self.index.expressions(self.image_ids[item], self.split)
+        return self._sample_size(expressions) * sum(len(e.text) for e in expressions) / len(expressions)
+
+    def _sample_size(self, expressions: list[ReferringExpression]) -> int:
+        """How many of ``expressions`` a training sample names."""
+        return min(self.builder.settings.num_classes_per_sample, len(expressions))
 
     def __getitem__(self, item: int) -> ImageSample:
         """The evaluation sample of image ``item``: every expression, fixed question(s)."""

@@ -166,7 +166,8 @@ def training_sampler(stream: MixtureStream | FullPassStream, cfg: Config, start_
     size = cfg.optim.micro_batch_size
     if isinstance(stream, MixtureStream):
         return MixtureSampler(size, rank(), world_size(), start_micro_step)
-    return FullPassSampler(len(stream), size, rank(), world_size(), cfg.run.seed, start_micro_step)
+    lengths = [stream.length_hint(position) for position in range(len(stream))] if cfg.data.group_by_length else None
+    return FullPassSampler(len(stream), size, rank(), world_size(), cfg.run.seed, start_micro_step, lengths)
 
 
 def open_feature_cache(cfg: Config, model: GsvaModel) -> FeatureCache | None:
