@@ -118,3 +118,24 @@ def test_training_from_the_cache_matches_training_without_it(synthetic_root, tok
     for plain, cached in zip(runs["plain"], runs["cached"]):
         for name in ("total", "ce", "bce", "dice"):
             assert cached[name] == pytest.approx(plain[name], rel=1e-4, abs=1e-6), (plain["step"], name)
+
+
+@pytest.mark.slow
+def test_two_ranks_write_one_shard_each_and_the_same_features(cache_setup, synthetic_root, tokenizer_dir, tmp_path):
+    _, _, _, cache_dir, _ = cache_setup
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "scripts/precompute_features.py",
+        "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "cache"), "--num-workers", "0",
+        f"data.dataset_dir={synthetic_root}", "data.synthetic=null", f"model.tokenizer_path={tokenizer_dir}",
+        "components.enabled=false",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=child_environment(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(path.name for path in (tmp_path / "cache").glob("*.keys.json")) == [
+        "shard-rank0-00000.keys.json", "shard-rank1-00000.keys.json"
+    ]
+    single, sharded = FeatureCache.open(cache_dir), FeatureCache.open(tmp_path / "cache")
+    assert sharded.keys() == single.keys()
+    for key in single.keys():
+        for ours, theirs in zip(sharded.get(key), single.get(key)):
+            assert torch.allclose(ours, theirs, atol=1e-5)

@@ -190,3 +190,19 @@ def test_bf16_model_trains_a_step(synthetic_root, tokenizer_dir):
     assert model.visual_model.mask_decoder.output_upscaling[0].weight.grad is not None
     fp32_encoder = model.visual_model.prompt_encoder.float()
     assert torch.equal(dense_positional_encoding(fp32_encoder), fp32_encoder.get_dense_pe())
+
+
+def test_right_padded_rows_need_no_padding_mask(config):
+    """The training forward runs the decoder with the causal mask only: on right-padded rows the
+    states of the real tokens equal those computed with the padding mask."""
+    torch.manual_seed(0)
+    _, model, _ = build_gsva(config)
+    llava = model.mllm
+    lengths = torch.tensor([23, 9, 17])
+    embeds = torch.randn(3, 23, llava.hidden_size)
+    mask = torch.arange(23).unsqueeze(0) < lengths.unsqueeze(1)
+    with torch.no_grad():
+        masked = llava.last_hidden_states(embeds, mask)
+        causal = llava.last_hidden_states(embeds, None)
+    assert torch.allclose(causal[mask], masked[mask], atol=1e-5)
+    assert not torch.allclose(causal[~mask], masked[~mask], atol=1e-3)  # padding states differ, and are never read

@@ -16,8 +16,9 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 
 
 QUERIES_PER_CHUNK = 16
-"""Queries decoded together: each carries its own copy of the image embedding through the two-way
-transformer, so chunks bound the memory of large evaluation batches (and keep them cache-sized)."""
+"""Queries decoded together without autograd: each carries its own copy of the image embedding
+through the two-way transformer, so chunks bound the memory of large evaluation batches (and keep
+them cache-sized). With autograd every query's activations are kept anyway: one call for all."""
 
 
 def decode_masks(
@@ -27,16 +28,18 @@ def decode_masks(
     queries: torch.Tensor,
     query_to_image: torch.Tensor,
 ) -> torch.Tensor:
-    """Low-resolution mask logits for each query, decoded ``QUERIES_PER_CHUNK`` at a time.
+    """Low-resolution mask logits for each query: all in one call when gradients are recorded
+    (training), ``QUERIES_PER_CHUNK`` at a time otherwise.
 
     image_embeddings: (B, C, h, w) SAM image embeddings.
     queries: (Q, C) sparse prompt embeddings (one token per query).
     query_to_image: (Q,) long, image index of each query.
     Returns (Q, 4h, 4w) mask logits.
     """
+    size = max(queries.shape[0], 1) if torch.is_grad_enabled() else QUERIES_PER_CHUNK
     chunks = [
-        _decode_chunk(mask_decoder, prompt_encoder, image_embeddings, queries[start : start + QUERIES_PER_CHUNK], query_to_image[start : start + QUERIES_PER_CHUNK])
-        for start in range(0, queries.shape[0], QUERIES_PER_CHUNK)
+        _decode_chunk(mask_decoder, prompt_encoder, image_embeddings, queries[start : start + size], query_to_image[start : start + size])
+        for start in range(0, queries.shape[0], size)
     ]
     if not chunks:
         height, width = image_embeddings.shape[-2:]
