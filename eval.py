@@ -59,7 +59,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--visualize", type=int, default=0, help="number of overlay PNGs to write per benchmark")
     parser.add_argument("--output-dir", default=None,
                         help="folder for one sub-folder per benchmark with metrics.json, records.jsonl, overlays "
-                             "(default: <weights folder>/eval)")
+                             "(default: <weights folder>/eval); an interrupted evaluation run again with the same "
+                             "folder, weights and options scores only the images it had not finished")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; do not pass by hand")
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.dataset_dir=/data")
     return parser.parse_args()
@@ -88,6 +89,7 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens,
             visualize=args.visualize,
             output_dir=str(output_root / f"{benchmark.dataset}_{benchmark.split}_{args.protocol}_{style}"),
+            weights=str(weights),
         )
         evaluate_benchmark(
             model, builder, benchmark, cfg.data.dataset_dir, settings, device, args.metric_variant,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from gsva.config import load_config
+from gsva.engine.distributed import is_main
 from gsva.engine.trainer import train
 
 
@@ -21,7 +23,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--resume",
         default=None,
-        help='continue from a DeepSpeed checkpoint: "auto" = latest under <output_dir>/checkpoints, or a directory',
+        help='continue from a DeepSpeed checkpoint: "auto" = the latest complete one under <output_dir>/checkpoints '
+        '(starts from the beginning when there is none yet, so a preemptible job can always pass it), or a directory',
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end of training")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; do not pass by hand")
@@ -33,7 +36,13 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = [*args.overrides, *(["run.eval_at_end=false"] if args.no_eval else [])]
-    train(load_config(args.config, overrides), resume=args.resume)
+    result = train(load_config(args.config, overrides), resume=args.resume)
+    if result.stopped_by is not None and is_main():
+        print(
+            f"stopped by {result.stopped_by} after step {result.steps}; checkpoint saved in {result.weights}. "
+            "Continue with the same command and --resume auto",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ DATASET_TASKS = {
 }
 """Every readable dataset and its task."""
 
+NO_TARGET_DATASETS = ("grefcoco", "refzom")
+"""Referring datasets with no-target expressions, which the model answers with ``[REJ]``."""
+
 BENCHMARK_FAMILIES = {
     "grefcoco": "gres",
     "refcoco": "res",

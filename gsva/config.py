@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from gsva.catalog import DATASET_TASKS, TASKS, check_benchmark
+from gsva.catalog import DATASET_TASKS, NO_TARGET_DATASETS, TASKS, check_benchmark
 
 
 class ConfigError(ValueError):
@@ -87,6 +87,8 @@ class DataConfig:
     pin_memory: bool = True
     prefetch_factor: int = 4
     feature_cache: Optional[str] = None
+    on_bad_sample: Literal["error", "skip"] = "error"
+    max_bad_samples: int = 100
     synthetic: Optional[SyntheticConfig] = None
 
 
@@ -153,6 +155,8 @@ class OptimConfig:
     warmup_steps: int = 100
     micro_batch_size: int = 2
     grad_accum_steps: int = 10
+    global_batch_size: Optional[int] = None
+    max_consecutive_nonfinite: int = 3
     zero_stage: int = 2
 
 
@@ -292,6 +296,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.micro_batch_size and optim.grad_accum_steps must be >= 1")
     if cfg.optim.zero_stage not in (0, 1, 2):
         raise ConfigError(f"optim.zero_stage: {cfg.optim.zero_stage} not supported; expected 0, 1 or 2")
+    _validate_global_batch(cfg.optim)
+    _validate_minimums(cfg)
 
 
 def _validate_tasks(data: DataConfig) -> None:
@@ -315,6 +321,68 @@ def _validate_tasks(data: DataConfig) -> None:
         value = getattr(data, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"data.{key} must be within [0, 1], got {value}")
+
+
+def _validate_global_batch(optim: OptimConfig) -> None:
+    """``optim.global_batch_size``, when set, takes a whole number of ranks' optimizer steps."""
+    if optim.global_batch_size is None:
+        return
+    per_rank = optim.micro_batch_size * optim.grad_accum_steps
+    if optim.global_batch_size < 1 or optim.global_batch_size % per_rank:
+        raise ConfigError(
+            f"optim.global_batch_size={optim.global_batch_size} must be a positive multiple of "
+            f"optim.micro_batch_size × optim.grad_accum_steps = {optim.micro_batch_size} × {optim.grad_accum_steps} "
+            f"= {per_rank} (the samples of one optimizer step on each rank); set it to {per_rank} × the number "
+            "of ranks, or to null to skip the check"
+        )
+
+
+def check_global_batch(cfg: Config, world_size: int) -> None:
+    """At launch, when ``world_size`` is known: ``optim.global_batch_size`` (when set) must equal
+    ``optim.micro_batch_size`` × ``optim.grad_accum_steps`` × ``world_size``; ConfigError otherwise,
+    with the ``optim.grad_accum_steps`` that would fit when a whole one exists."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    optim = cfg.optim
+    requested = optim.global_batch_size
+    if requested is None:
+        return
+    actual = optim.micro_batch_size * optim.grad_accum_steps * world_size
+    if actual == requested:
+        return
+    per_accumulation = optim.micro_batch_size * world_size
+    if requested % per_accumulation == 0:
+        hint = f"set optim.grad_accum_steps={requested // per_accumulation} to fit"
+    else:
+        hint = (
+            f"no whole optim.grad_accum_steps fits, as {requested} is not a multiple of optim.micro_batch_size × "
+            f"world size = {per_accumulation}; change optim.micro_batch_size, the number of ranks or "
+            "optim.global_batch_size"
+        )
+    raise ConfigError(
+        f"optim.global_batch_size={requested}, but optim.micro_batch_size ({optim.micro_batch_size}) × "
+        f"optim.grad_accum_steps ({optim.grad_accum_steps}) × world size ({world_size}) = {actual}; {hint}"
+    )
+
+
+def _validate_minimums(cfg: Config) -> None:
+    """Counts and limits that have a lower bound."""
+    for key, value, minimum in (
+        ("optim.max_consecutive_nonfinite", cfg.optim.max_consecutive_nonfinite, 1),
+        ("data.max_bad_samples", cfg.data.max_bad_samples, 0),
+        ("data.prefetch_factor", cfg.data.prefetch_factor, 1),
+        ("data.num_workers", cfg.data.num_workers, 0),
+    ):
+        if value < minimum:
+            raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def rejection_ablation_datasets(cfg: Config) -> list[str]:
+    """Training datasets with no-target expressions while ``model.use_rej_token`` is false (the
+    paper's ablation without ``[REJ]``: their absent targets are left out of training prompts)."""
+    if cfg.model.use_rej_token:
+        return []
+    return [name for spec in cfg.data.tasks.values() for name in spec.datasets if name in NO_TARGET_DATASETS]
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -9,7 +9,6 @@ cannot be read. Exits with status 1 when a requested dataset is missing or has u
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from gsva.catalog import DATASET_TASKS
 from gsva.data.doctor import DatasetReport, check_dataset
+from gsva.engine.atomic import write_json_atomic
 
 SHOWN_PROBLEMS = 10
 
@@ -59,7 +59,7 @@ def main() -> int:
         print_report(report)
         reports.append(report)
     if args.json is not None:
-        args.json.write_text(json.dumps([asdict(report) for report in reports], indent=2))
+        write_json_atomic(args.json, [asdict(report) for report in reports])
     bad = [report.name for report in reports if not report.ok]
     print(f"\n{len(reports) - len(bad)} of {len(reports)} datasets ready" + (f"; not ready: {', '.join(bad)}" if bad else ""))
     return 1 if bad else 0

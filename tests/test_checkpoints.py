@@ -1,6 +1,6 @@
 """Checkpoint retention."""
 
-from gsva.engine.trainer import prune_checkpoints
+from gsva.engine.checkpointing import prune_checkpoints
 
 
 def test_prune_checkpoints_keeps_the_newest_and_latest(tmp_path):

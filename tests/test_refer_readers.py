@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gsva.data.bad_samples import BadSampleError
 from gsva.data.refer import REFER_FORMATS, ReferIndex, images_dir, instances_path, refs_path
 from gsva.data.safe_pickle import load_pickle
 from tests.formats.refer_formats import (
@@ -241,8 +242,6 @@ def rewrite_refs(written: WrittenRefer, edit: Callable[[list[dict]], None]) -> N
     ("edit", "message"),
     [
         (lambda refs: refs[2].update(ann_id=[refs[0]["ann_id"], refs[1]["ann_id"]]), "exactly one annotation"),
-        (lambda refs: refs[2].update(ann_id=999999), "ann id 999999 is not in .*instances.json"),
-        (lambda refs: refs[2].update(ann_id=refs[-1]["ann_id"]), "belongs to image id"),
         (lambda refs: refs[2]["sentences"][1].pop("sent"), "sentence #1: missing field 'sent'"),
         (lambda refs: refs[2].pop("split"), "missing field 'split'"),
     ],
@@ -252,6 +251,24 @@ def test_ref_errors_name_file_and_ref(tmp_path: Path, edit: Callable[[list[dict]
     rewrite_refs(written, edit)
     with pytest.raises(ValueError, match=literal(written.refs_file) + r" ref #2" + ".*" + message):
         ReferIndex(tmp_path, "refcoco")
+
+
+@pytest.mark.parametrize(
+    ("edit", "found"),
+    [
+        (lambda refs: refs[2].update(ann_id=999999), "but ann id 999999 is not there"),
+        (lambda refs: refs[2].update(ann_id=refs[-1]["ann_id"]), r"but ann id \d+ belongs to image id 1003"),
+    ],
+)
+def test_ann_id_outside_the_image_is_a_bad_sample(tmp_path: Path, edit: Callable[[list[dict]], None], found: str) -> None:
+    written = write_refcoco(tmp_path)
+    rewrite_refs(written, edit)
+    index = ReferIndex(tmp_path, "refcoco")  # loads: only the samples of that image are spoilt
+    broken = next(e for e in index.expressions(1000, "train") if e.ref_id == 3)
+    with pytest.raises(BadSampleError, match=literal(written.instances_file) + ".*" + found) as error:
+        index.target_mask(1000, broken.ann_ids)
+    assert error.value.source == f"{written.refs_file} image id 1000"
+    assert f"'ann_id' names ann id {broken.ann_ids[0]}" in error.value.reason
 
 
 def test_annotation_errors_name_file_and_id(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from gsva.data.bad_samples import BadSampleError
 from gsva.data.conversation import get_template
 from gsva.data.prompts import SINGLE_ANSWERS, PromptSettings
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
@@ -81,10 +82,14 @@ def test_dialogue_has_no_slot_and_is_cut_at_the_token_limit(tokenizer):
     assert cut.input_ids == full.input_ids[:60] and cut.labels == full.labels[:60]
 
 
-def test_training_prompt_over_the_limit_is_an_error_but_evaluation_keeps_it(tokenizer):
+def test_training_prompt_over_the_limit_drops_targets_but_evaluation_keeps_it(tokenizer):
     many = [replace(targets()[0], text=f"red shape number {i}") for i in range(12)]
+    cut = builder(tokenizer, max_tokens=150).segmentation(IMAGE, many, random.Random(0), {"image_id": 7}).conversations[0]
+    asked = len(cut.slot_exists)
+    assert 1 <= asked < 12 and len(cut.input_ids) <= 150 and cut.metadata["dropped_expressions"] == 12 - asked
+    assert cut.metadata["expressions"] == [target.text for target in many[:asked]]
     small = builder(tokenizer, max_tokens=64)
-    with pytest.raises(ValueError, match="model_max_length=64"):
+    with pytest.raises(BadSampleError, match="model_max_length=64"):
         small.segmentation(IMAGE, many, random.Random(0), {"image_id": 7})
     kept = small.evaluation(IMAGE, [EvalQuery(many, small.prompts.eval_question, {})]).conversations[0]
     assert len(kept.slot_exists) == 12 and len(kept.input_ids) > 64

@@ -8,6 +8,10 @@ COCO stores a segmentation in one of three forms:
 * uncompressed RLE: ``{"size": [h, w], "counts": [int, ...]}``, run lengths in
   column-major order starting with a run of zeros.
 
+An RLE's run lengths are checked before pycocotools decodes it (it trusts them: an empty or
+short RLE gives a wrong mask without a word, a negative run can crash it): they must be
+non-negative and sum to ``h * w``.
+
 All masks in this module are ``bool`` arrays of shape ``(H, W)``.
 """
 
@@ -121,16 +125,56 @@ def _rle_dict_to_compressed(rle: dict[str, Any], height: int, width: int) -> dic
         )
     counts = rle["counts"]
     if isinstance(counts, list):
-        if sum(counts) != height * width:
-            raise ValueError(
-                f"segmentation: uncompressed RLE counts sum to {sum(counts)}, "
-                f"expected height * width = {height * width}"
-            )
+        if not all(isinstance(run, int) and not isinstance(run, bool) for run in counts):
+            raise ValueError("segmentation: uncompressed RLE 'counts' must be a list of ints")
+        _check_run_lengths(counts, height, width, "uncompressed")
         return coco_mask.frPyObjects({"size": size, "counts": counts}, height, width)
     if isinstance(counts, str):
-        return {"size": size, "counts": counts.encode("ascii")}
+        counts = counts.encode("ascii")
     if isinstance(counts, bytes):
+        _check_run_lengths(_compressed_run_lengths(counts), height, width, "compressed")
         return {"size": size, "counts": counts}
     raise ValueError(
         f"segmentation: RLE 'counts' must be a str, bytes or list of ints, got {type(counts).__name__}"
     )
+
+
+def _check_run_lengths(runs: list[int], height: int, width: int, form: str) -> None:
+    """``ValueError`` unless ``runs`` are non-negative and cover the ``height`` x ``width`` image."""
+    expected = f"expected run lengths summing to height * width = {height * width}"
+    total = sum(runs)
+    if total == 0:
+        raise ValueError(f"segmentation: the {form} RLE is empty (its 'counts' sum to 0); {expected}")
+    if min(runs) < 0:
+        raise ValueError(f"segmentation: the {form} RLE has a negative run length {min(runs)}; {expected}")
+    if total != height * width:
+        raise ValueError(f"segmentation: the {form} RLE 'counts' sum to {total}; {expected}")
+
+
+def _compressed_run_lengths(counts: bytes) -> list[int]:
+    """The run lengths that a compressed RLE string codes, decoded as pycocotools' ``rleFrString``
+    does: each a run of 5-bit groups (character - 48, bit 0x20 = more to come, bit 0x10 of the
+    last = negative), from the third on a difference to the run two before."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(counts):
+                raise ValueError("segmentation: compressed RLE 'counts' end in the middle of a run length")
+            code = counts[position] - 48
+            if not 0 <= code < 64:
+                raise ValueError(
+                    f"segmentation: compressed RLE 'counts' hold {chr(counts[position])!r} at position {position}, "
+                    "expected characters '0' to 'o'"
+                )
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position += 1
+            shift += 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs

@@ -16,21 +16,32 @@ same sample, and resuming at micro-step m reproduces the run exactly.
   micro-batches of a rank by length and shuffles the resulting micro-batches within the window,
   so that a micro-batch holds prompts of similar length (less padding) and the order stays a pure
   function of (seed, epoch).
+
+Bad samples (``on_bad_sample``, ``data.on_bad_sample`` in the config): with ``"error"`` a
+``BadSampleError`` of a dataset stops training, naming the file; with ``"skip"`` the stream draws a
+replacement, attempt a = 1, 2, … seeded from the key and a (another draw of the mixture, or
+another position of the epoch), up to ``MAX_SAMPLE_ATTEMPTS`` in all, and lists what it skipped in
+the first conversation's ``metadata["skipped"]``. A replacement is a function of the key too, so
+resuming stays exact.
 """
 
 from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
 
+from gsva.data.bad_samples import BadSampleError, check_policy
 from gsva.data.samples import ImageSample
 
 LENGTH_GROUP_BATCHES = 64
 """Micro-batches per window within which ``FullPassSampler`` groups positions by length."""
+
+MAX_SAMPLE_ATTEMPTS = 8
+"""With ``on_bad_sample="skip"``: samples tried per key (the key's own and its replacements)."""
 
 
 class TrainingDataset(Protocol):
@@ -44,16 +55,58 @@ class TrainingDataset(Protocol):
     def sample(self, item: int, rng: random.Random) -> ImageSample: ...
 
 
+Choice = tuple[TrainingDataset, int, random.Random]
+"""(dataset, image index, the rng for the sample's own choices)."""
+
+
 def _check_not_empty(datasets: list[TrainingDataset]) -> None:
     empty = [dataset.name for dataset in datasets if len(dataset) == 0]
     if empty:
         raise ValueError(f"training datasets without any usable image: {empty}; check them with scripts/check_data.py")
 
 
+def _sample_with_policy(choose: Callable[[int], Choice], on_bad_sample: str) -> ImageSample:
+    """The sample of ``choose(0)``; with ``"skip"``, a ``BadSampleError`` moves on to ``choose(1)``,
+    ``choose(2)``, … and the sample returned lists the skipped ones in its first conversation's
+    ``metadata["skipped"]``."""
+    attempts = MAX_SAMPLE_ATTEMPTS if on_bad_sample == "skip" else 1
+    skipped: list[dict[str, str]] = []
+    for attempt in range(attempts):
+        dataset, item, rng = choose(attempt)
+        try:
+            sample = dataset.sample(item, rng)
+        except BadSampleError as error:
+            if on_bad_sample == "error":
+                raise
+            skipped.append(error.record())
+            continue
+        if skipped:
+            first = sample.conversations[0]
+            first.metadata = {**first.metadata, "skipped": skipped}
+        return sample
+    last = skipped[-1]
+    raise RuntimeError(
+        f"{attempts} samples drawn in a row were bad (data.on_bad_sample=skip), the last: {last['source']}: "
+        f"{last['reason']}; check the data with scripts/check_data.py"
+    )
+
+
+def _attempt_rng(key: str, attempt: int) -> random.Random:
+    """The rng of ``attempt`` at a key: the key's own for attempt 0, one per replacement after."""
+    return random.Random(key if attempt == 0 else f"{key}-attempt-{attempt}")
+
+
 class MixtureStream:
     """Samples of a weighted task mixture, indexed by draw number (see the module docstring)."""
 
-    def __init__(self, tasks: dict[str, list[TrainingDataset]], weights: dict[str, float], seed: int) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, list[TrainingDataset]],
+        weights: dict[str, float],
+        seed: int,
+        on_bad_sample: str = "error",
+    ) -> None:
+        check_policy(on_bad_sample)
         if set(tasks) != set(weights):
             raise ValueError(f"tasks {sorted(tasks)} and weights {sorted(weights)} name different tasks")
         for datasets in tasks.values():
@@ -62,17 +115,18 @@ class MixtureStream:
         self.tasks = tasks
         self.weights = [float(weights[name]) for name in self.task_names]
         self.seed = seed
+        self.on_bad_sample = on_bad_sample
 
-    def choose(self, draw: int) -> tuple[TrainingDataset, int, random.Random]:
-        """(dataset, image index, the rng for the sample's own choices) of draw number ``draw``."""
-        rng = random.Random(f"{self.seed}-draw-{draw}")
+    def choose(self, draw: int, attempt: int = 0) -> Choice:
+        """(dataset, image index, the rng for the sample's own choices) of draw number ``draw``;
+        ``attempt`` > 0: of its replacement number ``attempt``, a draw of its own."""
+        rng = _attempt_rng(f"{self.seed}-draw-{draw}", attempt)
         (task,) = rng.choices(self.task_names, weights=self.weights)
         dataset = rng.choice(self.tasks[task])
         return dataset, rng.randrange(len(dataset)), rng
 
     def __getitem__(self, draw: int) -> ImageSample:
-        dataset, item, rng = self.choose(draw)
-        return dataset.sample(item, rng)
+        return _sample_with_policy(lambda attempt: self.choose(draw, attempt), self.on_bad_sample)
 
     def task_shares(self) -> dict[str, float]:
         """Expected share of samples per task."""
@@ -83,21 +137,29 @@ class MixtureStream:
 class FullPassStream:
     """Every image of every dataset once per epoch; keys are (epoch, position)."""
 
-    def __init__(self, datasets: list[TrainingDataset], seed: int) -> None:
+    def __init__(self, datasets: list[TrainingDataset], seed: int, on_bad_sample: str = "error") -> None:
+        check_policy(on_bad_sample)
         _check_not_empty(datasets)
         self.datasets = datasets
         self.offsets = [0]
         for dataset in datasets:
             self.offsets.append(self.offsets[-1] + len(dataset))
         self.seed = seed
+        self.on_bad_sample = on_bad_sample
 
     def __len__(self) -> int:
         return self.offsets[-1]
 
     def __getitem__(self, key: tuple[int, int]) -> ImageSample:
+        return _sample_with_policy(lambda attempt: self.choose(key, attempt), self.on_bad_sample)
+
+    def choose(self, key: tuple[int, int], attempt: int = 0) -> Choice:
+        """(dataset, image index, the rng for the sample's own choices) of ``key`` = (epoch,
+        position); ``attempt`` > 0: of its replacement number ``attempt``, a position drawn at random."""
         epoch, position = key
-        dataset, item = self._locate(position)
-        return dataset.sample(item, random.Random(f"{self.seed}-epoch-{epoch}-{position}"))
+        rng = _attempt_rng(f"{self.seed}-epoch-{epoch}-{position}", attempt)
+        dataset, item = self._locate(position if attempt == 0 else rng.randrange(len(self)))
+        return dataset, item, rng
 
     def length_hint(self, position: int) -> float:
         """The expected prompt size of ``position``'s samples from its dataset's ``length_hint``;

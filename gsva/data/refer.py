@@ -32,6 +32,11 @@ set, named by ``ann_id``:
 Every dataset accepts ``ann_id`` as a list or a bare int, with ``[-1]`` or
 ``[]`` for no target. RefCLEF's segmentations are lists of RLE dicts (one
 mask per part); they are decoded as the union of their parts.
+
+The files' structure is checked when they are loaded; what only spoils the
+samples of one image (an ``ann_id`` that is not an annotation of the ref's
+image, a segmentation that cannot be decoded) is a ``BadSampleError`` when a
+mask of it is asked for.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from gsva.data.bad_samples import BadSampleError
 from gsva.data.masks import decode_segmentation, union_of_masks
 from gsva.data.safe_pickle import load_pickle
 
@@ -228,7 +234,7 @@ class ReferIndex:
             image_id = int(ref["image_id"])
             if image_id not in self._images:
                 raise ValueError(f"{where}: image_id {image_id} is not in {self.instances_file}")
-            ann_ids = self._ref_ann_ids(ref["ann_id"], image_id, where)
+            ann_ids = self._ref_ann_ids(ref["ann_id"], where)
             if not isinstance(ref["sentences"], list):
                 raise ValueError(f"{where}: 'sentences' must be a list, got {type(ref['sentences']).__name__}")
             for sentence_position, sentence in enumerate(ref["sentences"]):
@@ -250,19 +256,12 @@ class ReferIndex:
             for split, by_image in by_split.items()
         }
 
-    def _ref_ann_ids(self, value: Any, image_id: int, where: str) -> tuple[int, ...]:
-        """The ref's annotation ids, checked against the dataset's convention and ``instances.json``."""
+    def _ref_ann_ids(self, value: Any, where: str) -> tuple[int, ...]:
+        """The ref's annotation ids, checked against the dataset's convention (whether they are
+        annotations of the ref's image is checked by ``target_mask``)."""
         ann_ids = parse_ann_ids(value, where)
         if self.format.one_target_per_ref and len(ann_ids) != 1:
             raise ValueError(f"{where}: every {self.dataset} ref names exactly one annotation, got 'ann_id' {value!r}")
-        for ann_id in ann_ids:
-            annotation = self._annotations.get(ann_id)
-            if annotation is None:
-                raise ValueError(f"{where}: ann id {ann_id} is not in {self.instances_file}")
-            if int(annotation["image_id"]) != image_id:
-                raise ValueError(
-                    f"{where}: ann id {ann_id} belongs to image id {annotation['image_id']}, not image id {image_id}"
-                )
         return ann_ids
 
     @property
@@ -297,16 +296,20 @@ class ReferIndex:
         }
 
     def target_mask(self, image_id: int, ann_ids: Sequence[int]) -> np.ndarray:
-        """Union of the annotations' masks: bool ``(H, W)``, all ``False`` for empty ``ann_ids``."""
+        """Union of the annotations' masks: bool ``(H, W)``, all ``False`` for empty ``ann_ids``;
+        ``BadSampleError`` for an id that is not an annotation of the image, or a segmentation
+        that cannot be decoded."""
         record = self.image(image_id)
         masks = []
         for ann_id in ann_ids:
             annotation = self._annotations.get(ann_id)
-            if annotation is None:
-                raise ValueError(f"ann id {ann_id} (image id {image_id}) is not in {self.instances_file}")
-            if int(annotation["image_id"]) != image_id:
-                raise ValueError(
-                    f"ann id {ann_id} belongs to image id {annotation['image_id']}, not image id {image_id}"
+            if annotation is None or int(annotation["image_id"]) != image_id:
+                found = "is not there" if annotation is None else f"belongs to image id {annotation['image_id']}"
+                raise BadSampleError(
+                    f"{self.refs_file} image id {image_id}",
+                    f"'ann_id' names ann id {ann_id}: expected an annotation of image id {image_id} in "
+                    f"{self.instances_file}, but ann id {ann_id} {found}",
+                    "annotation id",
                 )
             masks.append(self._annotation_mask(ann_id, annotation["segmentation"], record))
         return union_of_masks(masks, record.height, record.width)
@@ -319,7 +322,7 @@ class ReferIndex:
                 return union_of_masks(parts, record.height, record.width)
             return decode_segmentation(segmentation, record.height, record.width)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{self.instances_file} ann id {ann_id}: {error}") from error
+            raise BadSampleError(f"{self.instances_file} ann id {ann_id}", str(error), "segmentation") from error
 
     def annotation_ids(self, image_id: int) -> list[int]:
         """Ids of every annotated object of the image (crowd regions excluded), sorted."""

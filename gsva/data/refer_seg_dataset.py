@@ -104,7 +104,8 @@ class ReferSegDataset(Dataset):
 
     def _read_image(self, image_id: int) -> np.ndarray:
         record = self.index.image(image_id)
-        return self.builder.read_image(self.index.image_path(image_id), (record.height, record.width))
+        size_source = f"{self.index.instances_file} image id {image_id} ('width', 'height')"
+        return self.builder.read_image(self.index.image_path(image_id), (record.height, record.width), size_source)
 
     def _targets(self, image_id: int, expressions: list[ReferringExpression]) -> list[SlotTarget]:
         return [

@@ -5,7 +5,8 @@ image and masks, whatever dataset it comes from. Datasets only decide WHICH targ
 names; ``SampleBuilder`` decides how they are asked and answered:
 
 - ``segmentation``: several targets, one ``[SEG]``/``[REJ]`` slot each (GSVA's generalized
-  prompt); with one existing target it may use the classic single-``[SEG]`` phrasing;
+  prompt); with one existing target it may use the classic single-``[SEG]`` phrasing; a prompt
+  over the token limit asks fewer targets (whole ones dropped from the end, never a slot);
 - ``evaluation``: fixed questions answered with the ground truth, one conversation per query;
 - ``sentence``: one long reasoning query answered by one ``[SEG]`` (optionally explained);
 - ``dialogue``: question/answer turns without any mask (VQA, language-modelling loss only).
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from gsva.data.bad_samples import BadSampleError
 from gsva.data.prompts import (
     EVAL_SINGLE_ANSWER,
     EXPLAIN_SUFFIXES,
@@ -46,7 +48,8 @@ class SampleSettings:
     clip_image_size: int = 224
     max_tokens: int = 512
     """Tokens per conversation before the image placeholder is expanded: dialogues are cut there,
-    a training segmentation prompt that does not fit is an error (its slots would be lost)."""
+    a training segmentation prompt drops targets from its end until it fits (a slot is never cut),
+    and a training prompt that does not fit even with one target is a ``BadSampleError``."""
     num_classes_per_sample: int = 5
     """At most this many targets (slots) per training prompt."""
     absent_class_rate: float = 0.0
@@ -55,6 +58,11 @@ class SampleSettings:
     """Chance that a sample with exactly one target uses the classic single-``[SEG]`` phrasing."""
     explanatory_rate: float = 0.0
     """Reasoning segmentation: chance that an answer carries its explanation (when one exists)."""
+
+
+PER_TARGET_METADATA = ("kinds", "keys", "ann_ids", "class_ids")
+"""Sample metadata lists with one entry per target, in target order: a training prompt keeps
+them in step with the targets it asks (absent ones without ``[REJ]``, those dropped to fit)."""
 
 
 @dataclass(frozen=True)
@@ -92,13 +100,18 @@ class SampleBuilder:
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 
-    def read_image(self, path: Path | str, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-        """(H, W, 3) uint8 RGB; ``expected_size`` (H, W) from the annotations is checked."""
+    def read_image(
+        self, path: Path | str, expected_size: tuple[int, int] | None = None, size_source: str = "its annotations"
+    ) -> np.ndarray:
+        """(H, W, 3) uint8 RGB; ``expected_size`` (H, W), read from ``size_source``, is checked
+        (``BadSampleError`` when it differs, or when the file is missing or cannot be decoded)."""
         image = read_rgb(str(path))
         if expected_size is not None and image.shape[:2] != tuple(expected_size):
-            raise ValueError(
-                f"{path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotations say "
-                f"{expected_size[1]}x{expected_size[0]}"
+            raise BadSampleError(
+                path,
+                f"the image is {image.shape[1]}x{image.shape[0]} (width x height) but {size_source} "
+                f"say {expected_size[1]}x{expected_size[0]}",
+                "image size",
             )
         return image
 
@@ -106,20 +119,28 @@ class SampleBuilder:
     def segmentation(
         self, image: np.ndarray, targets: list[SlotTarget], rng: random.Random, metadata: dict[str, Any]
     ) -> ImageSample:
-        """A training conversation with a slot per target, phrased at random."""
-        if not self.prompts.use_rej_token:
-            targets = [target for target in targets if target.exists]
-        texts = [target.text for target in targets]
-        exists = [target.exists for target in targets]
-        if len(targets) == 1 and exists[0] and rng.random() < self.settings.single_target_rate:
-            question = self._with_image(rng.choice(SINGLE_TARGET_QUESTIONS).format(obj=texts[0]))
+        """A training conversation with a slot per target, phrased at random (absent targets are
+        left out without ``[REJ]``). A prompt over ``max_tokens`` asks fewer targets: whole ones
+        are dropped from the end, never a slot, and ``metadata["dropped_expressions"]`` counts
+        them; one that does not fit even with its first target is a ``BadSampleError``."""
+        asked = [index for index, target in enumerate(targets) if target.exists or self.prompts.use_rej_token]
+        candidates = [targets[index] for index in asked]
+        if not candidates:
+            raise ValueError(f"sample {metadata}: no target to ask (absent targets are left out without [REJ])")
+        if len(candidates) == 1 and candidates[0].exists and rng.random() < self.settings.single_target_rate:
+            question = self._with_image(rng.choice(SINGLE_TARGET_QUESTIONS).format(obj=candidates[0].text))
             answer = rng.choice(SINGLE_ANSWERS).format(slot=self.prompts.slot_tokens(1)[0])
+            count, tokens = 1, self._tokenize([(question, answer)], "error", metadata)
         else:
-            question_template, answer_template = sample_train_phrasing(rng)
-            question = question_text(texts, question_template, self.prompts.image_marker)
-            answer = answer_template.format(slots=format_slots(texts, exists, self.prompts.slot_tokens(len(texts))))
-        tokens = self._tokenize([(question, answer)], "error", metadata)
-        conversation = self._conversation(tokens, targets, {**metadata, "expressions": texts})
+            count, tokens = self._fit_targets(candidates, sample_train_phrasing(rng), metadata)
+        kept = candidates[:count]
+        conversation_metadata = {
+            **metadata,
+            **_per_target_metadata(metadata, asked[:count], len(targets)),
+            "expressions": [target.text for target in kept],
+            "dropped_expressions": len(candidates) - count,
+        }
+        conversation = self._conversation(tokens, kept, conversation_metadata)
         return self._image_sample(image, [conversation])
 
     def evaluation(self, image: np.ndarray, queries: list[EvalQuery]) -> ImageSample:
@@ -184,20 +205,44 @@ class SampleBuilder:
     def _with_image(self, question: str) -> str:
         return f"{self.prompts.image_marker}\n{question}"
 
+    def _fit_targets(
+        self, targets: list[SlotTarget], templates: tuple[str, str], metadata: dict[str, Any]
+    ) -> tuple[int, TokenizedConversation]:
+        """How many of ``targets``, from the first, a prompt of (question, answer) ``templates``
+        asks within ``max_tokens``, and that prompt's tokens; ``BadSampleError`` if not even one."""
+        question_template, answer_template = templates
+        for count in range(len(targets), 0, -1):
+            texts = [target.text for target in targets[:count]]
+            exists = [target.exists for target in targets[:count]]
+            question = question_text(texts, question_template, self.prompts.image_marker)
+            answer = answer_template.format(slots=format_slots(texts, exists, self.prompts.slot_tokens(count)))
+            tokens = self._tokenize([(question, answer)], "keep", metadata)
+            if len(tokens.input_ids) <= self.settings.max_tokens:
+                return count, tokens
+        raise self._prompt_too_long(tokens, metadata)
+
+    def _prompt_too_long(self, tokens: TokenizedConversation, metadata: dict[str, Any]) -> BadSampleError:
+        """The error of a single-target training prompt (``tokens``) over ``max_tokens``."""
+        return BadSampleError(
+            _source(metadata),
+            f"the training prompt takes {len(tokens.input_ids)} tokens with a single target, more than "
+            f"data.model_max_length={self.settings.max_tokens} (a target's slot is never cut); raise "
+            "data.model_max_length or shorten the expression",
+            "prompt length",
+        )
+
     def _tokenize(
         self, turns: list[tuple[str, str]], overflow: Literal["cut", "error", "keep"], metadata: dict[str, Any]
     ) -> TokenizedConversation:
-        """Tokenise; beyond ``max_tokens`` a dialogue is cut, a training prompt is an error, and an
-        evaluation prompt is kept whole (every expression of the image must be asked)."""
+        """Tokenise; beyond ``max_tokens`` a dialogue is cut, a single-target training prompt is a
+        ``BadSampleError``, and an evaluation prompt is kept whole (every expression of the image
+        must be asked)."""
         tokens = tokenize_conversation(self.prompts.template.render(turns), self.tokenizer)
         limit = self.settings.max_tokens
         if len(tokens.input_ids) <= limit or overflow == "keep":
             return tokens
         if overflow == "error":
-            raise ValueError(
-                f"sample {metadata}: the prompt takes {len(tokens.input_ids)} tokens, more than "
-                f"data.model_max_length={limit}; raise it or lower data.num_classes_per_sample"
-            )
+            raise self._prompt_too_long(tokens, metadata)
         return TokenizedConversation(input_ids=tokens.input_ids[:limit], labels=tokens.labels[:limit])
 
     def _conversation(
@@ -229,3 +274,21 @@ class SampleBuilder:
             resized_size=(sam_image.shape[1], sam_image.shape[2]),
             conversations=conversations,
         )
+
+
+def _per_target_metadata(metadata: dict[str, Any], indices: list[int], num_targets: int) -> dict[str, Any]:
+    """The lists of :data:`PER_TARGET_METADATA` in ``metadata`` cut to the targets at ``indices``."""
+    selected = {}
+    for key in PER_TARGET_METADATA:
+        if key in metadata:
+            if len(metadata[key]) != num_targets:
+                raise ValueError(
+                    f"sample metadata {key!r} holds {len(metadata[key])} entries for {num_targets} targets"
+                )
+            selected[key] = [metadata[key][index] for index in indices]
+    return selected
+
+
+def _source(metadata: dict[str, Any]) -> str:
+    """What an error names as a sample's source: its image file, else its metadata."""
+    return str(metadata.get("image_path") or f"sample {metadata}")

@@ -38,9 +38,11 @@ is listed in ``SemSegTargets.unsure_class_ids`` (present, so not absent either).
 annotation that gives a mask are dropped from the list. Images are sorted by image id.
 
 The targets' ``(height, width)`` must equal the image's size as ``cv2.imread`` decodes it (EXIF
-orientation applied); this is checked from the image's header on every ``read_targets``. Missing
-files raise ``FileNotFoundError`` naming the expected path; unreadable or inconsistent files raise
-``ValueError`` naming the file.
+orientation applied); this is checked from the image's header on every ``read_targets``. Files
+missing when a dataset is opened raise ``FileNotFoundError`` naming the expected path; what spoils
+the samples of one image when it is read (its image or label missing or unreadable, sizes that
+disagree, a segmentation that cannot be decoded) raises ``BadSampleError`` naming the file; other
+inconsistent files raise ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from gsva.data.bad_samples import BadSampleError
 from gsva.data.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNUSED_IDS
 from gsva.data.masks import decode_segmentation, union_of_masks
 
@@ -130,19 +133,21 @@ def read_label_png(path: Path) -> np.ndarray:
     decodes those); any other PNG is decoded by ``cv2.IMREAD_UNCHANGED`` and must have one channel.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
+        raise BadSampleError(path, "label file not found", "missing label")
     try:
         with Image.open(path) as image:
             if image.mode == "P":
                 return np.asarray(image)
     except OSError as error:
-        raise ValueError(f"cannot read label {path}: {error}") from error
+        raise BadSampleError(path, f"cannot read the label: {error}", "unreadable label") from error
     label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if label is None:
-        raise ValueError(f"cannot read label {path}: not a decodable image file")
+        raise BadSampleError(path, "cannot read the label: not a decodable image file", "unreadable label")
     if label.ndim != 2:
-        raise ValueError(
-            f"label {path}: expected a single-channel or palette PNG of class values, got shape {label.shape}"
+        raise BadSampleError(
+            path,
+            f"expected a single-channel or palette PNG of class values, got shape {label.shape}",
+            "unreadable label",
         )
     return label
 
@@ -155,9 +160,9 @@ def decoded_image_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"image not found: {path}") from error
+        raise BadSampleError(path, "image file not found", "missing image") from error
     except OSError as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+        raise BadSampleError(path, f"cannot read the image: {error}", "unreadable image") from error
     return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
 
 
@@ -168,9 +173,11 @@ _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 def _check_size(height: int, width: int, image_path: Path, what: str) -> None:
     image_size = decoded_image_size(image_path)
     if image_size != (height, width):
-        raise ValueError(
-            f"{what} is {height}x{width} (height x width) but its image {image_path} decodes to "
-            f"{image_size[0]}x{image_size[1]} (EXIF orientation applied)"
+        raise BadSampleError(
+            image_path,
+            f"{what} is {height}x{width} (height x width) but the image decodes to "
+            f"{image_size[0]}x{image_size[1]} (EXIF orientation applied)",
+            "image size",
         )
 
 
@@ -378,7 +385,8 @@ class CocoJsonSource:
         try:
             return decode_segmentation(annotation["segmentation"], image.height, image.width)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"{self.json_path}: annotation id {annotation.get('id')}: {error}") from error
+            source = f"{self.json_path} annotation id {annotation.get('id')}"
+            raise BadSampleError(source, str(error), "segmentation") from error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def add_task_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> di
 
 def load_tokenizer(path: str | Path, model_max_length: int) -> PreTrainedTokenizerBase:
     """Load an HF tokenizer directory (fast backend: offsets are needed for label masking)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path), model_max_length=model_max_length)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), model_max_length=model_max_length, trust_remote_code=False)
     if not tokenizer.is_fast:
         raise ValueError(f"{path}: a fast tokenizer (tokenizer.json) is required for label masking")
     if tokenizer.pad_token is None:

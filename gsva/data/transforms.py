@@ -10,9 +10,13 @@ C×C.
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import torch
+
+from gsva.data.bad_samples import BadSampleError
 
 
 def longest_side_shape(height: int, width: int, target: int) -> tuple[int, int]:
@@ -41,8 +45,11 @@ def clip_resize_crop(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; a clear error when it cannot be decoded."""
+    """Read an image file as (H, W, 3) uint8 RGB; ``BadSampleError`` when the file is missing or
+    cannot be decoded."""
+    if not os.path.isfile(path):
+        raise BadSampleError(path, "image file not found", "missing image")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        raise OSError(f"cannot read image {path}: missing or not a decodable image file")
+        raise BadSampleError(path, "cannot decode the image file (corrupt, truncated or not an image)", "unreadable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

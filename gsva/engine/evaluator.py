@@ -4,21 +4,20 @@ dataset order, metrics computed once (``gsva.engine.benchmarks.summarize``).
 Each rank takes the images ``rank, rank + world, …`` (no sampler padding, so nothing is scored
 twice), runs the chosen protocol and turns each answer slot into a record. Records carry the
 intersection/union counts, so any metric can be recomputed offline from ``records.jsonl``
-(``python scripts/score.py``).
+(``python scripts/score.py``). Given a ``PartialRecords`` file (``gsva.engine.eval_resume``), a
+rank skips the images it already holds and appends each finished batch to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gsva.batch import GsvaBatch
@@ -26,6 +25,7 @@ from gsva.data.refer_seg_dataset import ReferSegDataset
 from gsva.data.samples import Collator
 from gsva.data.transforms import read_rgb
 from gsva.engine.distributed import gather_objects, is_main, rank, world_size
+from gsva.engine.eval_resume import PartialRecords
 from gsva.engine.visualize import render_overlay, save_overlay
 from gsva.benchmark_metrics import box_iou, mask_box
 from gsva.metrics import score_expression
@@ -42,6 +42,8 @@ class EvalSettings:
     num_workers: int = 0
     visualize: int = 0
     output_dir: str | None = None
+    weights: str | None = None
+    """The weights file being scored: with ``output_dir``, an interrupted evaluation resumes."""
 
 
 def _objects_masks(dataset: Any, batch: GsvaBatch) -> dict[Any, np.ndarray]:
@@ -112,61 +114,53 @@ def run_evaluation(
     settings: EvalSettings,
     device: torch.device,
     tokenizer=None,
+    partial: PartialRecords | None = None,
 ) -> list[dict[str, Any]]:
     """Score every slot of ``dataset`` (an evaluation dataset of ``gsva.engine.benchmarks``) once;
-    returns ALL ranks' records, in dataset order, on every rank."""
+    returns ALL ranks' records, in dataset order, on every rank. With ``partial``, this rank's
+    images already in it are not evaluated again, and each finished batch is appended to it."""
     if settings.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {settings.protocol!r}; expected one of {PROTOCOLS}")
     was_training = model.training
     model.eval()
-    shard = Subset(dataset, list(range(rank(), len(dataset), world_size())))
+    done = partial.done_items if partial is not None else set()
+    pending = [item for item in range(rank(), len(dataset), world_size()) if item not in done]
+    batches = [pending[start:start + settings.batch_size] for start in range(0, len(pending), settings.batch_size)]
     loader = DataLoader(
-        shard,
-        batch_size=settings.batch_size,
+        dataset,
+        batch_sampler=batches,
         num_workers=settings.num_workers,
         collate_fn=Collator(dataset.builder.pad_token_id, dataset.builder.settings.sam_image_size),
     )
     overlay_dir = Path(settings.output_dir) / "overlays" if settings.output_dir else None
-    overlays_left = settings.visualize if is_main() else 0
-    records: list[dict[str, Any]] = []
-    for batch in tqdm(loader, desc=f"evaluate ({settings.protocol})", disable=not is_main()):
+    overlays_left = (settings.visualize - (partial.overlays if partial is not None else 0)) if is_main() else 0
+    records: list[dict[str, Any]] = list(partial.records) if partial is not None else []
+    for items, batch in zip(batches, tqdm(loader, desc=f"evaluate ({settings.protocol})", disable=not is_main())):
         batch = batch.to(device)
         if settings.protocol == "teacher-forced":
             predictions = model.predict_teacher_forced(batch)
         else:
             predictions = model.generate(batch, settings.max_new_tokens, tokenizer)
         objects = _objects_masks(dataset, batch)
+        batch_records: list[dict[str, Any]] = []
+        overlays = 0
         for conv, prediction in enumerate(predictions):
             extra = {"generated_text": prediction.text, "parse_failures": prediction.parse_failures}
             objects_of_image = objects.get(batch.metadata[conv]["image_id"])
-            records.extend(_score_conversation(batch, conv, prediction.rejected, prediction.masks, extra, objects_of_image))
-            if overlay_dir is not None and overlays_left > 0:
+            batch_records.extend(_score_conversation(batch, conv, prediction.rejected, prediction.masks, extra, objects_of_image))
+            if overlay_dir is not None and overlays < overlays_left:
                 _write_overlays(batch, conv, prediction.rejected, prediction.masks, overlay_dir)
-                overlays_left -= 1
+                overlays += 1
+        overlays_left -= overlays
+        records.extend(batch_records)
+        if partial is not None:
+            partial.append(items, batch_records, overlays)
     model.train(was_training)
+    records.sort(key=lambda record: record["item"])  # stable: slot order within an item is kept
     for position, record in enumerate(records):
-        record["order"] = position  # slot order within this rank; items are whole on one rank
+        record["order"] = position  # dataset order within this rank; items are whole on one rank
     records = gather_objects(records)
     records.sort(key=lambda record: (record["item"], record["order"]))
     for record in records:
         del record["order"]
     return records
-
-
-def _write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically."""
-    _write_text_atomic(path, json.dumps(payload, indent=2))
-
-
-def write_records(path: str | Path, records: list[dict[str, Any]]) -> None:
-    """One JSON object per expression, written atomically."""
-    _write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))

@@ -25,7 +25,6 @@ on the CPU in the config's precision: exporting a 7B run needs that much host me
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, replace
@@ -38,8 +37,10 @@ from torch import nn
 
 from gsva.config import Config, load_config
 from gsva.data.tokenizer import load_tokenizer
+from gsva.engine.atomic import write_json_atomic
+from gsva.engine.checkpointing import resolve_resume
 from gsva.engine.components import ComponentPaths
-from gsva.engine.trainer import resolve_resume
+from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_file
 from gsva.model.build import build_gsva
 from gsva.model.gsva import GsvaModel
 from gsva.model.mllm import save_llava_checkpoint
@@ -63,11 +64,7 @@ class ExportResult:
 
 def locate_checkpoint(path: str | Path) -> tuple[Path, str]:
     """(checkpoints directory, tag) for a checkpoints directory (its ``latest``) or one tag dir."""
-    checkpoints, tag = resolve_resume(Path(path))
-    if tag is None:
-        tag = (checkpoints / "latest").read_text().strip()
-    if not (checkpoints / tag).is_dir():
-        raise FileNotFoundError(f"checkpoint tag {tag!r} (from {checkpoints / 'latest'}) has no directory")
+    checkpoints, tag = resolve_resume(Path(path), auto=False)  # without auto: found, or an error
     return checkpoints, tag
 
 
@@ -97,17 +94,18 @@ def run_config(config_file: Path, overrides: list[str]) -> Config:
 def consolidated_fp32_state(checkpoints: Path, tag: str) -> dict[str, torch.Tensor]:
     """The fp32 weights of one checkpoint, whole. ZeRO 1/2 (and bf16 at stage 0) keep fp32
     master partitions in ``*zero_pp_rank_*_optim_states.pt``: DeepSpeed's ``zero_to_fp32``
-    merges them. Plain stage 0 in fp32 has no partitions: the module state is the fp32 weights."""
+    merges them. Plain stage 0 in fp32 has no partitions: the module state is the fp32 weights.
+    Every file is read with ``weights_only`` first (``gsva.engine.deepspeed_files``)."""
     tag_dir = checkpoints / tag
     if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        check_deepspeed_files(tag_dir)  # zero_to_fp32 unpickles without restriction
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag, exclude_frozen_parameters=True)
     model_states = tag_dir / "mp_rank_00_model_states.pt"
     if not model_states.is_file():
         raise FileNotFoundError(f"{tag_dir}: neither ZeRO optimizer partitions nor {model_states.name}")
-    # DeepSpeed's own files hold pickled DeepSpeed objects (its zero_to_fp32 loads them the same way).
-    module = torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+    module = load_deepspeed_file(model_states)["module"]
     if any(tensor.is_floating_point() and tensor.dtype != torch.float32 for tensor in module.values()):
         raise ValueError(f"{tag_dir}: stage-0 checkpoint in reduced precision without fp32 master weights")
     return module
@@ -117,7 +115,7 @@ def checkpoint_step(checkpoints: Path, tag: str) -> int:
     match = re.fullmatch(r"step(\d+)", tag)
     if match:
         return int(match.group(1))
-    module = torch.load(checkpoints / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    module = load_deepspeed_file(checkpoints / tag / "mp_rank_00_model_states.pt", mmap=True)
     return int(module["global_steps"])
 
 
@@ -214,7 +212,7 @@ def export_checkpoint(
         "zero_stage": cfg.optim.zero_stage,
         "precision": cfg.model.precision,
     }
-    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / SUMMARY_NAME, summary)
     with safe_open(str(weights), framework="pt") as handle:
         num_tensors = len(list(handle.keys()))
     return ExportResult(directory=out, step=step, source=checkpoints / tag, num_tensors=num_tensors, merged_lora_modules=merged)

@@ -1,8 +1,15 @@
 """Evaluate one benchmark end to end and report: metrics table on stdout, ``metrics.json``,
-``records.jsonl``, overlays and TensorBoard scalars (rank 0 writes)."""
+``records.jsonl``, overlays and TensorBoard scalars (rank 0 writes, each file atomically).
+
+With an output directory and a weights file (``EvalSettings.weights``), the evaluation is
+resumable (``gsva.engine.eval_resume``): restarted after an interruption with the same output
+directory, it scores only the images not finished before, and reports the same metrics as an
+uninterrupted run.
+"""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,9 +18,11 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from gsva.data.sample_builder import SampleBuilder
+from gsva.engine.atomic import write_json_atomic, write_jsonl_atomic
 from gsva.engine.benchmarks import TABLE_COLUMNS, Benchmark, headline, open_benchmark, summarize
-from gsva.engine.distributed import is_main
-from gsva.engine.evaluator import EvalSettings, run_evaluation, write_json_atomic, write_records
+from gsva.engine.distributed import is_main, rank, world_size
+from gsva.engine.eval_resume import PartialRecords, model_layout, remove_partials, weights_identity
+from gsva.engine.evaluator import EvalSettings, run_evaluation
 from gsva.metrics import EXPRESSION_KINDS, format_metrics_table
 from gsva.model.gsva import GsvaModel
 
@@ -37,6 +46,26 @@ def print_summary(summary: dict[str, Any], protocol: str, variant: str) -> None:
         print(f"answers whose slots did not line up with the expressions: {summary['parse_failures']} slot(s)")
 
 
+def evaluation_fingerprint(
+    model: GsvaModel, dataset: Any, benchmark: Benchmark, dataset_root: str | Path, settings: EvalSettings, prompt_style: str
+) -> dict[str, Any]:
+    """What the records of one evaluation depend on: a resumed evaluation must match all of it."""
+    return {
+        "benchmark": benchmark.name,
+        "dataset_root": str(Path(dataset_root).resolve()),
+        "num_items": len(dataset),
+        "protocol": settings.protocol,
+        "max_new_tokens": settings.max_new_tokens,
+        "prompt_style": prompt_style,
+        "one_expression_per_prompt": getattr(dataset, "one_per_prompt", False),
+        "prompts": asdict(dataset.builder.prompts),
+        "samples": asdict(dataset.builder.settings),
+        "weights": weights_identity(settings.weights),
+        "model": model_layout(model),
+        "world_size": world_size(),
+    }
+
+
 def evaluate_benchmark(
     model: GsvaModel,
     builder: SampleBuilder,
@@ -52,7 +81,10 @@ def evaluate_benchmark(
 ) -> dict[str, Any] | None:
     """Score ``benchmark``; rank 0 prints and writes the report and returns it (others: None)."""
     dataset = open_benchmark(benchmark, dataset_root, builder, prompt_style, one_per_prompt)
-    records = run_evaluation(model, dataset, settings, device, builder.tokenizer)
+    resumable = settings.output_dir is not None and settings.weights is not None
+    fingerprint = evaluation_fingerprint(model, dataset, benchmark, dataset_root, settings, prompt_style) if resumable else {}
+    with (PartialRecords(settings.output_dir, rank(), fingerprint) if resumable else nullcontext()) as partial:
+        records = run_evaluation(model, dataset, settings, device, builder.tokenizer, partial)
     if not is_main():
         return None
     summary = summarize(benchmark.family, records)
@@ -67,8 +99,9 @@ def evaluate_benchmark(
     print_summary(summary, settings.protocol, variant)
     if settings.output_dir is not None:
         output = Path(settings.output_dir)
-        write_records(output / "records.jsonl", records)
+        write_jsonl_atomic(output / "records.jsonl", records)
         write_json_atomic(output / "metrics.json", summary)
+        remove_partials(output)  # after the report: an interruption before this leaves them to resume from
         overlays = f" and overlays in {output / 'overlays'}" if settings.visualize else ""
         print(f"wrote {output / 'metrics.json'}, {output / 'records.jsonl'}{overlays}")
     if writer is not None:

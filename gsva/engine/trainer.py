@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,8 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from gsva.batch import GsvaBatch
-from gsva.config import Config, config_to_dict
+from gsva.config import Config, check_global_batch, config_to_dict, rejection_ablation_datasets
+from gsva.data.bad_samples import BadSampleTally
 from gsva.data.mixture import FullPassSampler, FullPassStream, MixtureSampler, MixtureStream
 from gsva.data.prompts import PromptSettings
 from gsva.data.registry import open_training_dataset
@@ -34,9 +34,12 @@ from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator
 from gsva.data.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
 from gsva.engine.benchmarks import parse_benchmark
+from gsva.engine.checkpointing import all_finite, load_rng_state, prune_checkpoints, remove_staging, resolve_resume, save_checkpoint
 from gsva.engine.components import ComponentPaths, prepare_components
+from gsva.engine.deepspeed_files import check_deepspeed_files
 from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
 from gsva.engine.evaluator import EvalSettings
+from gsva.engine.interruptions import NonFiniteGuard, StopRequest, agree
 from gsva.engine.report import evaluate_benchmark
 from gsva.feature_cache import FeatureCache
 from gsva.model.build import build_gsva
@@ -63,6 +66,8 @@ class TrainResult:
     writer: SummaryWriter | None
     evaluations: dict[str, dict[str, Any] | None]
     """Summary of each benchmark scored at the end (rank 0; None on the other ranks)."""
+    stopped_by: str | None = None
+    """The signal that stopped the run early (checkpoint saved; continue with --resume auto)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -157,8 +162,8 @@ def training_stream(cfg: Config, builder: SampleBuilder) -> MixtureStream | Full
     for task, datasets in tasks.items():
         LOGGER.info("task %s: %s", task, ", ".join(f"{d.name} ({len(d)} images)" for d in datasets))
     if cfg.schedule.mode == "steps":
-        return MixtureStream(tasks, {task: spec.weight for task, spec in cfg.data.tasks.items()}, cfg.run.seed)
-    return FullPassStream([dataset for datasets in tasks.values() for dataset in datasets], cfg.run.seed)
+        return MixtureStream(tasks, {task: spec.weight for task, spec in cfg.data.tasks.items()}, cfg.run.seed, cfg.data.on_bad_sample)
+    return FullPassStream([dataset for datasets in tasks.values() for dataset in datasets], cfg.run.seed, cfg.data.on_bad_sample)
 
 
 def training_sampler(stream: MixtureStream | FullPassStream, cfg: Config, start_micro_step: int) -> MixtureSampler | FullPassSampler:
@@ -209,27 +214,6 @@ def total_optimizer_steps(sampler: MixtureSampler | FullPassSampler, cfg: Config
     return math.ceil(cfg.schedule.epochs * sampler.batches_per_epoch / cfg.optim.grad_accum_steps)
 
 
-def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` step checkpoints; the one named by ``latest`` is
-    always kept."""
-    latest = (checkpoint_dir / "latest").read_text().strip()
-    tags = sorted((p for p in checkpoint_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-    for old in tags[: max(len(tags) - keep_last, 0)]:
-        if old.name != latest:
-            shutil.rmtree(old)
-
-
-def resolve_resume(path: Path) -> tuple[Path, str | None]:
-    """A checkpoints directory (its ``latest`` tag is used) or one tag directory inside it."""
-    if (path / "latest").is_file():
-        return path, None
-    if path.is_dir() and any(path.glob("mp_rank_*_model_states.pt")):
-        return path.parent, path.name
-    raise FileNotFoundError(
-        f"--resume {path}: expected a checkpoints directory with a 'latest' file or one checkpoint tag directory"
-    )
-
-
 def evaluate_benchmarks(
     cfg: Config, model: GsvaModel, builder: SampleBuilder, device: torch.device, writer: SummaryWriter | None, step: int, final: bool
 ) -> dict[str, dict[str, Any] | None]:
@@ -250,11 +234,80 @@ def evaluate_benchmarks(
     return summaries
 
 
+def resume_from(engine, checkpoint_dir: Path, resume: str | None) -> tuple[int, Path | None]:
+    """Load the checkpoint ``resume`` names ("auto": the run's latest complete one, if any);
+    returns the micro-step (data position) to continue from and the checkpoint's directory."""
+    if resume is None:
+        return 0, None
+    found = resolve_resume(checkpoint_dir if resume == "auto" else Path(resume), auto=resume == "auto")
+    if found is None:
+        LOGGER.info("--resume auto: no complete checkpoint under %s yet; starting from the beginning", checkpoint_dir)
+        return 0, None
+    load_dir, tag = found
+    check_deepspeed_files(load_dir / tag)  # DeepSpeed itself unpickles without restriction
+    path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
+    if path is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_dir / tag}")
+    LOGGER.info("resumed from %s at optimizer step %d", path, engine.global_steps)
+    return client_state["micro_step"], load_dir / tag
+
+
+def restore_random_state(checkpoint: Path | None) -> None:
+    """This rank's RNG states as saved with ``checkpoint`` (dropout masks continue exactly). Called
+    once the data iterator exists: creating it draws from the torch generator, as it did at the
+    start of the original run."""
+    if checkpoint is not None and not load_rng_state(checkpoint):
+        LOGGER.warning("%s holds no random state for rank %d: dropout masks will differ from the original run", checkpoint, rank())
+
+
+def checkpoint(engine, checkpoint_dir: Path, step: int, micro_step: int, cfg: Config) -> None:
+    """Save step ``step`` (refusing non-finite weights) and apply the retention policy."""
+    if not all_finite(engine.module):
+        raise FloatingPointError(
+            f"step {step}: trainable weights hold NaN or inf; not saving them over the checkpoints in "
+            f"{checkpoint_dir}. Resume from the last one with a lower optim.lr"
+        )
+    save_checkpoint(engine, checkpoint_dir, f"step{step}", {"micro_step": micro_step})
+    if is_main():
+        prune_checkpoints(checkpoint_dir, cfg.schedule.keep_last)
+
+
+def log_step(
+    engine, cfg: Config, step: int, window: dict[str, list[torch.Tensor]], cached_batches: int, seconds: float,
+    writer: SummaryWriter | None, output_dir: Path,
+) -> dict[str, float]:
+    """Read back the window's losses (the logging interval's only extra read-back), append them to
+    ``history.jsonl`` and TensorBoard; returns the record."""
+    means = {key: float(torch.stack(values).float().mean()) for key, values in window.items()}
+    record = {
+        "step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / cfg.run.log_every,
+        "cached_batch_fraction": cached_batches / len(window["total"]),
+    }
+    if is_main():
+        with (output_dir / "history.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for key, value in means.items():
+            writer.add_scalar(f"train/{key}_loss", value, step)
+        writer.add_scalar("train/lr", record["lr"], step)
+        writer.add_scalar("train/cached_batch_fraction", record["cached_batch_fraction"], step)
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
+        samples = cfg.run.log_every * cfg.optim.grad_accum_steps * cfg.optim.micro_batch_size * world_size()
+        writer.add_scalar("train/samples_per_second", samples / seconds, step)
+    return record
+
+
 def train(cfg: Config, resume: str | None = None) -> TrainResult:
     """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
     import deepspeed
 
     device = init_distributed()
+    check_global_batch(cfg, world_size())
+    ablated = rejection_ablation_datasets(cfg)
+    if ablated and is_main():
+        LOGGER.warning("model.use_rej_token=false: the no-target expressions of %s are left out of the training prompts", ablated)
     seed_everything(cfg.run.seed + rank())
     output_dir = Path(cfg.run.output_dir)
     cfg = prepare_inputs(cfg)
@@ -275,70 +328,77 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         ),
     )
     checkpoint_dir = output_dir / "checkpoints"
-    micro_step = 0
-    if resume is not None:
-        load_dir, tag = resolve_resume(checkpoint_dir if resume == "auto" else Path(resume))
-        path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_dir}")
-        micro_step = client_state["micro_step"]
-        LOGGER.info("resumed from %s at optimizer step %d", path, engine.global_steps)
+    micro_step, resumed_checkpoint = resume_from(engine, checkpoint_dir, resume)
+    if is_main():
+        remove_staging(checkpoint_dir)
 
     writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
     output_dir.mkdir(parents=True, exist_ok=True)
-    total_micro = total_steps * cfg.optim.grad_accum_steps
     sampler = training_sampler(stream, cfg, micro_step)
     batches = training_batches(stream, sampler, cfg, builder, feature_cache, device)
+    restore_random_state(resumed_checkpoint)
     progress = tqdm(total=total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
     window: dict[str, list[torch.Tensor]] = {"total": [], "ce": [], "bce": [], "dice": []}
     cached_batches = 0
     history: list[dict[str, float]] = []
+    guard = NonFiniteGuard(cfg.optim.max_consecutive_nonfinite)
+    bad_samples = BadSampleTally()
+    stopped_by = None
     tick = time.time()
-    while micro_step < total_micro:
-        batch = next(batches)
-        cached_batches += batch.sam_features is not None
-        losses = engine(batch.to(device))
-        engine.backward(losses.total)
-        engine.step()
-        micro_step += 1
-        for key in window:  # kept on the device: read back only at logging steps
-            window[key].append(getattr(losses, key).detach())
-        if micro_step % cfg.optim.grad_accum_steps:
-            continue
-        step = engine.global_steps
-        progress.update(1)
-        if step % cfg.run.log_every == 0 or step == total_steps:
-            means = {key: float(torch.stack(values).float().mean()) for key, values in window.items()}
-            seconds = time.time() - tick
-            record = {
-                "step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / cfg.run.log_every,
-                "cached_batch_fraction": cached_batches / len(window["total"]),
-            }
-            history.append(record)
-            if is_main():
-                with (output_dir / "history.jsonl").open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            progress.set_postfix(loss=f"{means['total']:.3f}", ce=f"{means['ce']:.3f}", dice=f"{means['dice']:.3f}")
-            if writer is not None:
-                for key, value in means.items():
-                    writer.add_scalar(f"train/{key}_loss", value, step)
-                writer.add_scalar("train/lr", record["lr"], step)
-                writer.add_scalar("train/cached_batch_fraction", record["cached_batch_fraction"], step)
-                grad_norm = engine.get_global_grad_norm()
-                if grad_norm is not None:
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                writer.add_scalar("train/samples_per_second", cfg.run.log_every * cfg.optim.grad_accum_steps * cfg.optim.micro_batch_size * world_size() / seconds, step)
-            window = {key: [] for key in window}
-            cached_batches = 0
-            tick = time.time()
-        if step < total_steps and _evaluation_due(cfg, sampler, step, micro_step):
-            evaluate_benchmarks(cfg, engine.module, builder, device, writer, step, final=False)
-        if step % cfg.schedule.save_every == 0 or step == total_steps:
-            client_state = {"micro_step": micro_step}
-            engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client_state)
-            if is_main():
-                prune_checkpoints(checkpoint_dir, cfg.schedule.keep_last)
+    with StopRequest() as stop:
+        while engine.global_steps < total_steps:
+            batch = next(batches)
+            cached_batches += batch.sam_features is not None
+            for skipped in bad_samples.record(batch.metadata):
+                LOGGER.warning("skipped a bad sample: %s: %s", skipped["source"], skipped["reason"])
+            bad_samples.check(cfg.data.max_bad_samples)
+            losses = engine(batch.to(device))
+            micro_step += 1
+            finite, stop_requested = agree(losses.total, stop.requested)  # the one read-back per micro-step
+            guard.record(finite, micro_step)
+            if stop_requested and stopped_by is None:  # acted on at the next optimizer step
+                stopped_by = stop.signal_name or "a signal on another rank"
+            if not finite:
+                LOGGER.warning("micro-step %d: non-finite loss, step skipped (%d so far)", micro_step, guard.skipped)
+                if writer is not None:
+                    writer.add_scalar("train/skipped_nonfinite_steps", guard.skipped, engine.global_steps)
+                continue
+            engine.backward(losses.total)
+            previous = engine.global_steps
+            engine.step()
+            for key in window:  # kept on the device: read back only at logging steps
+                window[key].append(getattr(losses, key).detach())
+            if engine.global_steps == previous:  # inside a gradient accumulation
+                continue
+            step = engine.global_steps
+            progress.update(1)
+            if step % cfg.run.log_every == 0 or step == total_steps:
+                record = log_step(engine, cfg, step, window, cached_batches, time.time() - tick, writer, output_dir)
+                history.append(record)
+                progress.set_postfix(loss=f"{record['total']:.3f}", ce=f"{record['ce']:.3f}", dice=f"{record['dice']:.3f}")
+                window = {key: [] for key in window}
+                cached_batches = 0
+                tick = time.time()
+            if step < total_steps and stopped_by is None and _evaluation_due(cfg, sampler, step, micro_step):
+                evaluate_benchmarks(cfg, engine.module, builder, device, writer, step, final=False)
+            if stopped_by is not None or step % cfg.schedule.save_every == 0 or step == total_steps:
+                checkpoint(engine, checkpoint_dir, step, micro_step, cfg)
+            if stopped_by is not None:
+                break
     progress.close()
+    if bad_samples.count or bad_samples.dropped_expressions:
+        LOGGER.warning("rank %d: %s", rank(), bad_samples.summary())
+    if stopped_by is not None:
+        if is_main():
+            LOGGER.warning(
+                "stopped by %s after optimizer step %d; checkpoint %s. Continue with the same command "
+                "and --resume auto", stopped_by, engine.global_steps, checkpoint_dir / f"step{engine.global_steps}",
+            )
+        return TrainResult(
+            cfg=cfg, model=engine.module, tokenizer=tokenizer, prompts=prompts, device=device,
+            steps=engine.global_steps, history=history, weights=checkpoint_dir, writer=writer,
+            evaluations={}, stopped_by=stopped_by,
+        )
     final_dir = output_dir / "final"
     if is_main():
         save_pretrained(engine.module, cfg, final_dir)

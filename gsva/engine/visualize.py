@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gsva.engine.atomic import write_bytes_atomic
+
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
@@ -54,7 +56,12 @@ def render_overlay(
 
 
 def save_overlay(path: str | Path, panel: np.ndarray) -> None:
+    """Write the RGB ``panel`` as an image file (format from the suffix, e.g. ``.png``), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write overlay {path}")
+    try:
+        encoded, data = cv2.imencode(path.suffix, cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        raise OSError(f"could not encode overlay {path}: image suffix {path.suffix!r} not supported; use .png or .jpg")
+    write_bytes_atomic(path, data.tobytes())
