@@ -38,6 +38,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from gsva.atomic import sync_directory, write_text_atomic
+
 CACHE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PRECOMPUTE_SCRIPT = "scripts/precompute_features.py"
@@ -162,14 +164,6 @@ def module_fingerprint(modules: dict[str, torch.nn.Module], settings: dict[str, 
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _write_synced(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -243,11 +237,8 @@ class FeatureCacheWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.root / MANIFEST_NAME
         if not manifest.exists():
-            temp = self.root / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
             manifest_data = {"format_version": CACHE_FORMAT_VERSION, "layout": self.layout.to_dict()}
-            _write_synced(temp, json.dumps(manifest_data, indent=2))
-            os.replace(temp, manifest)
-            _fsync_dir(self.root)
+            write_text_atomic(manifest, json.dumps(manifest_data, indent=2))
         found = _read_manifest(self.root)
         if found != self.layout:
             raise ValueError(
@@ -295,9 +286,9 @@ class FeatureCacheWriter:
             number += 1
         stem = self._shard_stem(number)
         os.replace(self._temp_data, self.root / f"{stem}{_DATA_SUFFIX}")
-        _fsync_dir(self.root)
+        sync_directory(self.root)
         os.replace(temp_keys, self.root / f"{stem}{_KEYS_SUFFIX}")
-        _fsync_dir(self.root)
+        sync_directory(self.root)
         self._next_number = number + 1
         self._temp_data = None
         self._keys = []

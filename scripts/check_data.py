@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from gsva.catalog import DATASET_TASKS
 from gsva.data.doctor import DatasetReport, check_dataset
-from gsva.engine.atomic import write_json_atomic
+from gsva.atomic import write_json_atomic
 
 SHOWN_PROBLEMS = 10
 

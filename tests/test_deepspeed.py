@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, child_environment
+from tests.conftest import REPO, child_environment, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,8 @@ def launch(output_dir: Path, work: Path, *extra: str) -> subprocess.CompletedPro
         "optim.micro_batch_size=2",
         f"run.output_dir={output_dir}",
     ]
-    command = [DEEPSPEED, "--num_gpus", "2", "train.py", "--no-eval", *extra, *overrides]
+    launcher = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port())]
+    command = [*launcher, "train.py", "--no-eval", *extra, *overrides]
     environment = child_environment(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -81,7 +82,10 @@ def test_two_rank_evaluation_equals_one_rank(two_rank_run, tmp_path):
     common = ["eval.py", "--weights", str(weights), "--benchmark", "grefcoco:val", "--num-workers", "0"]
     runs = {
         "one": [sys.executable, *common, "--batch-size", "3", "--output-dir", str(tmp_path / "one")],
-        "two": [DEEPSPEED, "--num_gpus", "2", *common, "--batch-size", "2", "--output-dir", str(tmp_path / "two")],
+        "two": [
+            DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), *common,
+            "--batch-size", "2", "--output-dir", str(tmp_path / "two"),
+        ],
     }
     for name, command in runs.items():
         result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=1200)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import gsva.engine.atomic as atomic
+import gsva.atomic as atomic
 from gsva.data.sample_builder import SampleBuilder
-from gsva.engine.atomic import write_json_atomic, write_text_atomic
+from gsva.atomic import write_json_atomic, write_text_atomic
 from gsva.engine.benchmarks import parse_benchmark
 from gsva.engine.eval_resume import partial_path
 from gsva.engine.evaluator import EvalSettings

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from gsva.engine import trainer
 from gsva.model.gsva import GsvaLosses, GsvaModel
-from tests.conftest import REPO, child_environment, tiny_config
+from tests.conftest import REPO, child_environment, free_port, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,9 @@ STEPS = 8
 def command(ranks: int, output_dir: Path, synthetic_root: Path, tokenizer_dir: Path, *extra: str) -> list[str]:
     """train.py for ``ranks`` CPU ranks: LoRA with dropout (so the RNG state matters), 8 steps,
     a checkpoint every 2."""
-    launcher = [sys.executable, "train.py"] if ranks == 1 else [DEEPSPEED, "--num_gpus", str(ranks), "train.py"]
+    launcher = [sys.executable, "train.py"]
+    if ranks > 1:
+        launcher = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "train.py"]
     return [
         *launcher, "--no-eval", *extra,
         f"data.dataset_dir={synthetic_root}", "data.synthetic=null", f"model.tokenizer_path={tokenizer_dir}",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from gsva.atomic import sync_directory, write_text_atomic
 from gsva.engine.distributed import barrier, is_main, rank
 
 LATEST = "latest"
@@ -31,26 +32,7 @@ def _fsync_tree(directory: Path) -> None:
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_latest(checkpoint_dir: Path, tag: str) -> None:
-    """Point ``latest`` at ``tag`` (a temporary file renamed over it)."""
-    temporary = checkpoint_dir / f".{LATEST}.tmp"
-    with temporary.open("w") as handle:
-        handle.write(tag)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, checkpoint_dir / LATEST)
-    _fsync_directory(checkpoint_dir)
+    sync_directory(directory)
 
 
 def rng_state() -> dict[str, Any]:
@@ -98,8 +80,8 @@ def save_checkpoint(engine, checkpoint_dir: Path, tag: str, client_state: dict[s
             shutil.rmtree(final)
         os.replace(staging / tag, final)
         shutil.rmtree(staging)
-        _fsync_directory(checkpoint_dir)
-        write_latest(checkpoint_dir, tag)
+        sync_directory(checkpoint_dir)
+        write_text_atomic(checkpoint_dir / LATEST, tag)
     barrier()
     return final
 

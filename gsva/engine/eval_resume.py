@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from gsva.engine.atomic import write_text_atomic
+from gsva.atomic import write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
 PARTIAL_GLOB = "records.partial.rank*.jsonl"

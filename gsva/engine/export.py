@@ -37,7 +37,7 @@ from torch import nn
 
 from gsva.config import Config, load_config
 from gsva.data.tokenizer import load_tokenizer
-from gsva.engine.atomic import write_json_atomic
+from gsva.atomic import write_json_atomic
 from gsva.engine.checkpointing import resolve_resume
 from gsva.engine.components import ComponentPaths
 from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_file

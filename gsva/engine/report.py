@@ -18,7 +18,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from gsva.data.sample_builder import SampleBuilder
-from gsva.engine.atomic import write_json_atomic, write_jsonl_atomic
+from gsva.atomic import write_json_atomic, write_jsonl_atomic
 from gsva.engine.benchmarks import TABLE_COLUMNS, Benchmark, headline, open_benchmark, summarize
 from gsva.engine.distributed import is_main, rank, world_size
 from gsva.engine.eval_resume import PartialRecords, model_layout, remove_partials, weights_identity

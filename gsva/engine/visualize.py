@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gsva.engine.atomic import write_bytes_atomic
+from gsva.atomic import write_bytes_atomic
 
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),

@@ -1,4 +1,4 @@
-"""Report files written whole or not at all.
+"""Files written whole or not at all (reports, pointers, manifests).
 
 Each file is written to a temporary file in its own directory, flushed to disk, then renamed over
 the destination (``os.replace``, atomic on one file system): a reader, or a run interrupted at any
@@ -33,10 +33,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     """Make a rename inside ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
     try:
         handle = os.open(directory, os.O_RDONLY)
