@@ -76,7 +76,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -87,13 +86,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gsva.atomic import write_json_atomic
 from gsva.batch import GsvaBatch
 from gsva.data.conversation import get_template
 from gsva.data.prompts import ANSWERS, TRAIN_QUESTIONS, format_slots, question_text
 from gsva.data.sample_builder import SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator
 from gsva.data.tokenizer import train_reference_bpe
-from gsva.engine.host_syncs import HostSyncCounter
+from gsva.engine.host_syncs import HostSyncCounter, python_site
 from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
 from gsva.model.encoder_features import encode_features, encoder_layout
 from gsva.model.flops import mask_decoder_flops_per_query, step_flops
@@ -370,23 +370,13 @@ def device_peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
-def _python_site() -> str:
-    """``path:line`` of the innermost Python frame outside torch and this script (the autograd
-    engine's own threads have none)."""
-    torch_dir = str(Path(torch.__file__).resolve().parent)
-    for frame in reversed(traceback.extract_stack()):
-        if not frame.filename.startswith(torch_dir) and frame.filename not in (__file__, warnings.__file__):
-            return f"{frame.filename}:{frame.lineno}"
-    return "<autograd engine>"
-
-
 def cuda_sync_sites(model: GsvaModel, optimizer: torch.optim.Optimizer, batch: GsvaBatch) -> Counter[str]:
     """Synchronising CUDA calls of one step (``torch.cuda.set_sync_debug_mode``), by Python site."""
     sites: Counter[str] = Counter()
 
     def record(message, category, filename, lineno, file=None, line=None) -> None:
         if "synchroniz" in str(message):
-            sites[_python_site()] += 1
+            sites[python_site(skip=(__file__, warnings.__file__))] += 1
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -607,7 +597,7 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         report["cache_comparison"] = compare(report["results"])
         shapes[shape] = report
         if args.json_out is not None:  # what is done so far survives an interrupted sweep
-            write_json(args.json_out, {"partial": True, "shapes": shapes})
+            write_json_atomic(args.json_out, {"partial": True, "shapes": shapes})
     summary = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "precision": args.precision,
@@ -642,11 +632,6 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     return summary, failed
 
 
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
@@ -656,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     report, failed = run_all(args)
     print(json.dumps(report, indent=2))
     if args.json_out is not None:
-        write_json(args.json_out, report)
+        write_json_atomic(args.json_out, report)
     return 1 if failed else 0
 
 

@@ -56,15 +56,16 @@ def syncs(name: str, args: tuple, kwargs: dict) -> bool:
     return False
 
 
-def _caller() -> str:
-    """``path:line`` of the innermost frame outside torch and this module."""
-    frame = sys._getframe(2)
+def python_site(skip: tuple[str, ...] = ()) -> str:
+    """``path:line`` of the innermost Python frame outside torch, this module and the ``skip``
+    files ("<no Python frame>" from the autograd engine's own threads)."""
+    frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not path.startswith(TORCH_DIR) and path != __file__:
+        if not path.startswith(TORCH_DIR) and path != __file__ and path not in skip:
             return f"{path}:{frame.f_lineno}"
         frame = frame.f_back
-    return "<unknown>"
+    return "<no Python frame>"
 
 
 class HostSyncCounter(TorchFunctionMode):
@@ -79,7 +80,7 @@ class HostSyncCounter(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if syncs(name, args, kwargs):
-            self.events[(name, _caller())] += 1
+            self.events[(name, python_site())] += 1
         return func(*args, **kwargs)
 
     @property
