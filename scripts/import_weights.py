@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     source = released.read_released_state(weights, args.format)
     rows = released.embedding_rows(source, args.format)
     lora_r, targets = released.infer_lora(source, args.format)
-    cfg = load_config(args.config)
+    out = Path(args.out).resolve()
+    cfg = load_config(args.config, [f"model.sam_checkpoint={out / 'sam.pth'}"])
     model_cfg = dataclasses.replace(
         cfg.model,
         sam_type=released.infer_sam_type(source, args.format),
@@ -116,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
         print("import refused: fix the keys above (nothing written)", file=sys.stderr)
         return 1
 
-    out = Path(args.out).resolve()
     paths = released.write_imported(released.mapped_state(source, report), skeleton, llava_config, args.vision_tower, out)
     for name in TOKENIZER_FILES:
         if (llava_dir / name).is_file():

@@ -206,3 +206,24 @@ def test_right_padded_rows_need_no_padding_mask(config):
         causal = llava.last_hidden_states(embeds, None)
     assert torch.allclose(causal[mask], masked[mask], atol=1e-5)
     assert not torch.allclose(causal[~mask], masked[~mask], atol=1e-3)  # padding states differ, and are never read
+
+
+def test_vision_tower_guard_catches_doubled_hidden_states(config):
+    """A CLIP tower whose output hooks were installed twice (nested in another transformers model
+    that ran first) returns every layer twice: -2 would silently become the last layer. The tower
+    is first used normally, then nested and hooked again: the next call must fail loudly."""
+    from transformers import LlamaConfig, LlamaModel
+
+    from gsva.model.mllm import VisionTowerOutputError
+
+    _, model, _ = build_gsva(config)
+    llava = model.mllm
+    images = torch.randint(0, 256, (1, 3, config.data.clip_image_size, config.data.clip_image_size), dtype=torch.uint8)
+    features = llava.vision_features(images)
+    assert features.shape[0] == 1
+
+    outer = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=10))
+    outer.vision_tower = llava.vision_tower  # nested: the outer model's first call hooks CLIP's layers again
+    outer(input_ids=torch.tensor([[1, 2]]), output_hidden_states=True)
+    with pytest.raises(VisionTowerOutputError, match=r"returned \d+ hidden states for \d+ layers"):
+        llava.vision_features(images)

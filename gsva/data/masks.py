@@ -46,20 +46,24 @@ def decode_segmentation(segmentation: Segmentation, height: int, width: int) -> 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_PYCOCOTOOLS_COPY_WARNING, category=DeprecationWarning)
         decoded = coco_mask.decode(rle)
-    return decoded.astype(bool)
+    return decoded.view(bool)  # pycocotools returns 0/1 uint8
 
 
 def union_of_masks(masks: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
     """Pixel-wise union of bool masks, each of shape ``(height, width)``.
 
-    Returns a bool ``(height, width)`` array, all ``False`` when ``masks`` is empty.
+    Returns a bool ``(height, width)`` array, all ``False`` when ``masks`` is empty (the mask
+    itself, as bool, when there is only one).
     """
-    union = np.zeros((height, width), dtype=bool)
     for index, mask in enumerate(masks):
         if mask.shape != (height, width):
             raise ValueError(
                 f"masks[{index}]: expected shape {(height, width)}, got {mask.shape}"
             )
+    if len(masks) == 1:
+        return masks[0].astype(bool, copy=False)
+    union = np.zeros((height, width), dtype=bool)
+    for mask in masks:
         union |= mask.astype(bool, copy=False)
     return union
 

@@ -56,11 +56,15 @@ def pad_sequences(
 
 
 def pad_sam_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """(3, h_b, w_b) uint8 each -> (B, 3, size, size) uint8, zero-padded bottom-right."""
-    padded = torch.zeros((len(images), 3, size, size), dtype=torch.uint8)
+    """(3, h_b, w_b) uint8 each -> (B, 3, size, size) uint8, zero-padded bottom-right.
+
+    Stored channels-last (a permuted view of (B, size, size, 3)): the resized images arrive as
+    views of (h, w, 3) arrays, so every row is copied whole rather than byte by byte.
+    """
+    padded = torch.zeros((len(images), size, size, 3), dtype=torch.uint8)
     for index, image in enumerate(images):
-        padded[index, :, : image.shape[1], : image.shape[2]] = image
-    return padded
+        padded[index, : image.shape[1], : image.shape[2]] = image.permute(1, 2, 0)
+    return padded.permute(0, 3, 1, 2)
 
 
 def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

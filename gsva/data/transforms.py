@@ -1,11 +1,21 @@
-"""Image resizing for the two vision encoders (OpenCV, no PIL round trips).
+"""Image resizing for the two vision encoders, pixel for pixel as the released GSVA pipeline.
+
+Every released GSVA checkpoint and every published number was produced with these exact encoder
+inputs, so they are reproduced bit for bit (the parity test checks them against the authors'
+``uint8`` inputs):
+
+- SAM: the longest side scaled to S with the size rounded as SAM's ``ResizeLongestSide`` rounds it,
+  then a PIL bilinear resize (antialiased when shrinking) of the ``uint8`` RGB image.
+- CLIP: the shortest side scaled to C with the other side truncated to an integer, as the CLIP image
+  processor of ``transformers`` 4.x computes it, a PIL bicubic resize, then a C×C centre crop whose
+  top-left corner is rounded down.
+
+OpenCV's resizers differ from PIL's (no antialiasing, other kernels): on COCO images they move the
+CLIP input by up to 1.3 in normalised units, enough to change a model's decisions.
 
 Workers only resize and keep ``uint8`` pixels: normalisation (and SAM's zero padding of the
 normalised image) happens on the device, in the model (``gsva.model.pixels``), where it costs
 nothing and moves four times fewer bytes between processes.
-
-SAM: resize the longest side to S. CLIP: resize the shortest side to C (bicubic) and centre-crop
-C×C.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import os
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from gsva.data.bad_samples import BadSampleError
 
@@ -25,21 +36,29 @@ def longest_side_shape(height: int, width: int, target: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def shortest_side_shape(height: int, width: int, target: int) -> tuple[int, int]:
+    """(h, w) after scaling so that the shortest side equals ``target``; the longest side is
+    truncated (the CLIP image processor's rule)."""
+    if width <= height:
+        return int(target * height / width), target
+    return target, int(target * width / height)
+
+
+def _pil_resize(image: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3) uint8 (a writable array) with PIL's resampler."""
+    return np.array(Image.fromarray(image).resize((width, height), resample))
+
+
 def sam_resize(image: np.ndarray, size: int) -> torch.Tensor:
     """image: (H, W, 3) uint8 RGB -> (3, h, w) uint8 with the longest side resized to ``size``."""
-    height, width = image.shape[:2]
-    resized_h, resized_w = longest_side_shape(height, width, size)
-    interpolation = cv2.INTER_LINEAR if resized_h >= height else cv2.INTER_AREA
-    resized = cv2.resize(image, (resized_w, resized_h), interpolation=interpolation)
+    resized = _pil_resize(image, *longest_side_shape(*image.shape[:2], size), Image.Resampling.BILINEAR)
     return torch.from_numpy(resized).permute(2, 0, 1)
 
 
 def clip_resize_crop(image: np.ndarray, size: int) -> torch.Tensor:
     """image: (H, W, 3) uint8 RGB -> (3, size, size) uint8: shortest side to ``size``, centre crop."""
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    new_h, new_w = shortest_side_shape(*image.shape[:2], size)
+    resized = _pil_resize(image, new_h, new_w, Image.Resampling.BICUBIC)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return torch.from_numpy(np.ascontiguousarray(resized[top : top + size, left : left + size])).permute(2, 0, 1)
 

@@ -59,6 +59,28 @@ class SplicedInputs:
     """(N, L') long, ``IGNORE_INDEX`` on patches; None when no labels were given."""
 
 
+class VisionTowerOutputError(RuntimeError):
+    """The vision tower returned another number of hidden states than its layers + 1."""
+
+
+def check_hidden_state_count(hidden_states: tuple[torch.Tensor, ...], num_layers: int) -> None:
+    """Raise unless ``hidden_states`` holds the embeddings plus one state per layer.
+
+    LLaVA reads a layer counted from the end (``select_layer`` = -2: the second to last), so any
+    other count silently selects another layer. It happens when a tower's output-capturing hooks
+    are installed twice (transformers >= 5, a CLIP tower nested inside another model that installs
+    them again on its first call): every layer is then returned twice from the second forward on,
+    and -2 becomes the LAST layer.
+    """
+    if len(hidden_states) != num_layers + 1:
+        raise VisionTowerOutputError(
+            f"the vision tower returned {len(hidden_states)} hidden states for {num_layers} layers (expected "
+            f"{num_layers + 1}: embeddings + one per layer), so a layer counted from the end would be the wrong "
+            "one; its output-capturing hooks are probably installed twice (a CLIP tower nested inside another "
+            "transformers model); call the tower on its own, not as a submodule of another PreTrainedModel"
+        )
+
+
 class LlavaModel(nn.Module):
     def __init__(
         self,
@@ -92,6 +114,7 @@ class LlavaModel(nn.Module):
         strided input."""
         pixels = normalize_clip_images(clip_images).to(self.vision_tower.dtype)
         outputs = self.vision_tower(pixel_values=pixels, output_hidden_states=True)
+        check_hidden_state_count(outputs.hidden_states, self.vision_tower.config.num_hidden_layers)
         return outputs.hidden_states[self.select_layer][:, 1:].contiguous()
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:

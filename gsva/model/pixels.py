@@ -22,8 +22,9 @@ def _channel_vector(values: tuple[float, ...], like: torch.Tensor) -> torch.Tens
 
 
 def normalize_sam_images(images: torch.Tensor, resized_sizes: list[tuple[int, int]]) -> torch.Tensor:
-    """images: (B, 3, S, S) uint8, zero-padded bottom-right -> (B, 3, S, S) float32 SAM input."""
-    normalised = (images.float() - _channel_vector(SAM_PIXEL_MEAN, images)) / _channel_vector(SAM_PIXEL_STD, images)
+    """images: (B, 3, S, S) uint8 in any memory layout, zero-padded bottom-right -> (B, 3, S, S)
+    float32 SAM input, contiguous."""
+    normalised = (images.contiguous().float() - _channel_vector(SAM_PIXEL_MEAN, images)) / _channel_vector(SAM_PIXEL_STD, images)
     for index, (height, width) in enumerate(resized_sizes):
         normalised[index, :, height:].zero_()
         normalised[index, :, :, width:].zero_()
