@@ -182,6 +182,10 @@ class ComponentPretrainConfig:
     llava_steps: int = 400
     llava_lr: float = 2e-3
     batch_size: int = 16
+    min_sam_iou: float = 0.0
+    """Held-out floors each stage must reach, or the run stops (0 = report only)."""
+    min_clip_patch_accuracy: float = 0.0
+    min_checklist_accuracy: float = 0.0
 
 
 @dataclass

@@ -82,15 +82,15 @@ class ColourData:
     original_size: tuple[int, int]
 
 
-def load_colour_data(cfg: Config) -> ColourData:
-    """Read the synthetic train split and its per-object colour labels."""
+def load_colour_data(cfg: Config, split: str) -> ColourData:
+    """Read a split of the synthetic set and its per-object colour labels."""
     root = Path(cfg.data.dataset_dir)
     attributes = json.loads(attributes_path(root).read_text())
     colours = list(attributes["spec"]["colours"])
     index = ReferIndex(root, DATASET_NAME)
     sam_images, clip_images, masks, present = [], [], [], []
     resized_size = original_size = (0, 0)
-    for image_id in tqdm(index.image_ids(cfg.data.train_split), desc="load images", leave=False):
+    for image_id in tqdm(index.image_ids(split), desc=f"load {split} images", leave=False):
         image = read_rgb(str(index.image_path(image_id)))
         sam_image = sam_resize(image, cfg.data.sam_image_size)
         resized_size = tuple(sam_image.shape[1:])
@@ -113,6 +113,21 @@ def load_colour_data(cfg: Config) -> ColourData:
         resized_size=resized_size,
         original_size=tuple(original_size),
     )
+
+
+class ComponentQualityError(RuntimeError):
+    """A component stage measured a held-out quality below its floor: GSVA would not learn on it."""
+
+
+def check_quality(stage: str, measure: str, value: float, floor: float, floor_key: str, steps_key: str) -> None:
+    """Log a stage's held-out measurement; ``ComponentQualityError`` when it is below ``floor``."""
+    LOGGER.info("%s: held-out %s %.3f (floor %.2f, %s)", stage, measure, value, floor, floor_key)
+    if value < floor:
+        raise ComponentQualityError(
+            f"{stage} did not learn enough: held-out {measure} {value:.3f} is below the floor {floor:.2f} "
+            f"({floor_key}). GSVA cannot learn on this component. Give the stage more steps ({steps_key}), "
+            f"then delete the component folder so that it is trained again."
+        )
 
 
 class OneCycleUpdater:
@@ -145,31 +160,50 @@ def _sam_queries(present: torch.Tensor, generator: torch.Generator) -> tuple[tor
     return query_to_image[order], first[order], second[order]
 
 
-def pretrain_sam(cfg: Config, data: ColourData, generator: torch.Generator) -> tuple[torch.nn.Module, float]:
-    """Train a tiny SAM to segment every object of a prompted colour; returns (sam, final IoU)."""
+def pretrain_sam(cfg: Config, data: ColourData, held_out: ColourData, generator: torch.Generator) -> torch.nn.Module:
+    """Train a tiny SAM to segment every object of a prompted colour, then check its held-out
+    mask IoU against ``components.min_sam_iou``."""
     sam = build_tiny_sam(cfg.model.tiny, cfg.data.sam_image_size)
     prompts = torch.nn.Embedding(len(data.colours), cfg.model.tiny.prompt_embed_dim)
     steps = cfg.components.sam_steps
     update = OneCycleUpdater(list(sam.parameters()) + list(prompts.parameters()), cfg.components.sam_lr, steps)
-    iou = 0.0
     progress = tqdm(range(steps), desc="pretrain SAM")
     for _ in progress:
         images = torch.randint(0, data.sam_images.shape[0], (cfg.components.batch_size,), generator=generator)
         query_to_image, first, second = _sam_queries(data.present[images], generator)
-        embeddings = sam.image_encoder(normalize_sam_images(data.sam_images[images], [data.resized_size] * len(images)))
         queries = prompts(first) + torch.where((second >= 0).unsqueeze(1), prompts(second.clamp(min=0)), 0.0)
-        low_res = decode_masks(sam.mask_decoder, sam.prompt_encoder, embeddings, queries, query_to_image)
-        logits = postprocess_masks(low_res, cfg.data.sam_image_size, data.resized_size, data.original_size)
+        logits = _sam_mask_logits(cfg, sam, data, images, queries, query_to_image)
         masks = data.colour_masks[images[query_to_image]]
         targets = torch.maximum(masks[torch.arange(len(first)), first], masks[torch.arange(len(first)), second.clamp(min=0)] * (second >= 0).view(-1, 1, 1)).float()
         loss = bce_per_mask(logits, targets).mean() + dice_per_mask(logits, targets).mean()
         update(loss)
-        predicted = logits.detach() > 0
-        inter = (predicted & (targets > 0)).sum().item()
-        union = (predicted | (targets > 0)).sum().item()
-        iou = 0.9 * iou + 0.1 * inter / max(union, 1)
-        progress.set_postfix(loss=f"{loss.item():.3f}", iou=f"{iou:.3f}")
-    return sam, iou
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    iou = sam_held_out_iou(cfg, sam, prompts, held_out)
+    check_quality("pretrain SAM", "colour-prompt mask IoU", iou, cfg.components.min_sam_iou,
+                  "components.min_sam_iou", "components.sam_steps")
+    return sam
+
+
+def _sam_mask_logits(
+    cfg: Config, sam: torch.nn.Module, data: ColourData, images: torch.Tensor, queries: torch.Tensor, query_to_image: torch.Tensor
+) -> torch.Tensor:
+    """(Q, C) prompt embeddings on ``images`` (B,) of ``data`` -> (Q, H, W) mask logits."""
+    embeddings = sam.image_encoder(normalize_sam_images(data.sam_images[images], [data.resized_size] * len(images)))
+    low_res = decode_masks(sam.mask_decoder, sam.prompt_encoder, embeddings, queries, query_to_image)
+    return postprocess_masks(low_res, cfg.data.sam_image_size, data.resized_size, data.original_size)
+
+
+@torch.no_grad()
+def sam_held_out_iou(cfg: Config, sam: torch.nn.Module, prompts: torch.nn.Embedding, held_out: ColourData) -> float:
+    """Mean mask IoU over every (held-out image, colour present in it) prompt."""
+    ious = []
+    for images in torch.arange(held_out.sam_images.shape[0]).split(cfg.components.batch_size):
+        query_to_image, colour = held_out.present[images].nonzero().unbind(1)
+        predicted = _sam_mask_logits(cfg, sam, held_out, images, prompts(colour), query_to_image) > 0
+        targets = held_out.colour_masks[images[query_to_image], colour] > 0
+        union = (predicted | targets).flatten(1).sum(1)
+        ious.append((predicted & targets).flatten(1).sum(1) / union.clamp(min=1))
+    return torch.cat(ious).mean().item()
 
 
 def tokenizer_corpus(colours: list[str], conversation: str) -> list[str]:
@@ -207,75 +241,134 @@ def _llava_conversation(data: ColourData, image: int, rng: random.Random) -> tup
     return CHECKLIST_QUESTION.format(names=", ".join(name for name, _ in names)), answer
 
 
-def pretrain_clip(cfg: Config, data: ColourData, llava: LlavaModel, generator: torch.Generator) -> float:
+def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, llava: LlavaModel, generator: torch.Generator) -> None:
     """Train the tiny CLIP tower (in place) so that each patch feature LLaVA reads (layer
-    ``select_layer``) tells which colours cover that patch; returns the per-patch accuracy."""
+    ``select_layer``) tells which colours cover that patch, then check its held-out per-patch
+    accuracy against ``components.min_clip_patch_accuracy``."""
     tower = llava.vision_tower
-    grid = cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size
     head = torch.nn.Linear(tower.config.hidden_size, len(data.colours))
     steps = cfg.components.clip_steps
     update = OneCycleUpdater(list(tower.parameters()) + list(head.parameters()), cfg.components.clip_lr, steps)
-    accuracy = 0.0
     progress = tqdm(range(steps), desc="pretrain CLIP")
     for _ in progress:
         images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator)
-        hidden = tower(pixel_values=normalize_clip_images(data.clip_images[images]), output_hidden_states=True).hidden_states
-        logits = head(hidden[llava.select_layer][:, 1:])
-        targets = F.adaptive_max_pool2d(data.colour_masks[images].float(), grid).flatten(2).transpose(1, 2)
+        logits, targets = _patch_colour_logits(cfg, llava, head, data, images)
         loss = F.binary_cross_entropy_with_logits(logits, targets)
         update(loss)
-        correct = ((logits.detach() > 0) == (targets > 0)).float().mean().item()
-        accuracy = 0.9 * accuracy + 0.1 * correct
-        progress.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{accuracy:.3f}")
-    return accuracy
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.no_grad():
+        correct = [
+            ((logits > 0) == (targets > 0)).all(-1).flatten()
+            for logits, targets in (
+                _patch_colour_logits(cfg, llava, head, held_out, images)
+                for images in torch.arange(held_out.clip_images.shape[0]).split(cfg.components.batch_size)
+            )
+        ]
+    check_quality("pretrain CLIP", "per-patch colour accuracy", torch.cat(correct).float().mean().item(),
+                  cfg.components.min_clip_patch_accuracy, "components.min_clip_patch_accuracy", "components.clip_steps")
 
 
-def pretrain_llava(cfg: Config, data: ColourData, tokenizer, generator: torch.Generator) -> tuple[LlavaModel, float]:
+def _patch_colour_logits(
+    cfg: Config, llava: LlavaModel, head: torch.nn.Linear, data: ColourData, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch of ``images`` (B,): colour logits (B, P, K) from the features LLaVA reads, and the
+    targets (B, P, K): 1 where the colour covers part of the patch."""
+    grid = cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size
+    logits = head(llava.vision_features(data.clip_images[images]))
+    targets = F.adaptive_max_pool2d(data.colour_masks[images].float(), grid).flatten(2).transpose(1, 2)
+    return logits, targets
+
+
+def _answer_logits(
+    llava: LlavaModel, tokenizer, template, data: ColourData, images: list[int], conversations: list[tuple[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced (question, answer) conversations about ``images``: the logits (A, V) at the
+    A supervised answer positions and their target ids (A,)."""
+    encoded = [
+        tokenize_conversation(template.render([(IMAGE_PLACEHOLDER + "\n" + question, answer)]), tokenizer)
+        for question, answer in conversations
+    ]
+    input_ids, labels, mask = pad_sequences(
+        [item.input_ids for item in encoded], [item.labels for item in encoded], tokenizer.pad_token_id
+    )
+    features = llava.encode_images(data.clip_images[images])
+    spliced = llava.splice(input_ids, mask, features, torch.arange(len(encoded)), labels)
+    hidden = llava.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
+    targets = spliced.labels[:, 1:]
+    supervised = targets != IGNORE_INDEX
+    return llava.lm_logits(hidden[:, :-1][supervised]), targets[supervised]
+
+
+def pretrain_llava(
+    cfg: Config, data: ColourData, held_out: ColourData, tokenizer, generator: torch.Generator
+) -> LlavaModel:
     """Pretrain CLIP, then train the projector + LLM with CLIP frozen (as LLaVA is trained) to
-    answer colour questions; returns (llava, answer token accuracy)."""
+    answer colour questions, then check its held-out checklist accuracy against
+    ``components.min_checklist_accuracy``."""
     llava = build_tiny_llava(cfg.model.tiny, len(tokenizer), cfg.data.clip_image_size, use_im_start_end=False)
-    pretrain_clip(cfg, data, llava, generator)
+    pretrain_clip(cfg, data, held_out, llava, generator)
     llava.vision_tower.requires_grad_(False)
     trained = list(llava.language_model.parameters()) + list(llava.mm_projector.parameters())
     steps = cfg.components.llava_steps
     update = OneCycleUpdater(trained, cfg.components.llava_lr, steps)
     template = get_template(cfg.data.conversation)
     rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    accuracy = 0.0
     progress = tqdm(range(steps), desc="pretrain LLaVA")
     for _ in progress:
-        images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator)
-        encoded = []
-        for image in images.tolist():
-            question, answer = _llava_conversation(data, image, rng)
-            rendered = template.render([(IMAGE_PLACEHOLDER + "\n" + question, answer)])
-            encoded.append(tokenize_conversation(rendered, tokenizer))
-        input_ids, labels, mask = pad_sequences(
-            [item.input_ids for item in encoded], [item.labels for item in encoded], tokenizer.pad_token_id
-        )
-        features = llava.encode_images(data.clip_images[images])
-        spliced = llava.splice(input_ids, mask, features, torch.arange(len(encoded)), labels)
-        hidden = llava.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
-        targets = spliced.labels[:, 1:]
-        supervised = targets != IGNORE_INDEX
-        logits = llava.lm_logits(hidden[:, :-1][supervised])
-        loss = F.cross_entropy(logits, targets[supervised])
+        images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator).tolist()
+        conversations = [_llava_conversation(data, image, rng) for image in images]
+        logits, targets = _answer_logits(llava, tokenizer, template, data, images, conversations)
+        loss = F.cross_entropy(logits, targets)
         update(loss)
-        correct = (logits.argmax(-1) == targets[supervised]).float().mean().item()
-        accuracy = 0.9 * accuracy + 0.1 * correct
-        progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}")
-    return llava, accuracy
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    accuracy = checklist_held_out_accuracy(cfg, llava, tokenizer, held_out)
+    check_quality("pretrain LLaVA", "checklist accuracy (mean of present and absent colours)", accuracy,
+                  cfg.components.min_checklist_accuracy, "components.min_checklist_accuracy", "components.llava_steps")
+    return llava
+
+
+@torch.no_grad()
+def checklist_held_out_accuracy(cfg: Config, llava: LlavaModel, tokenizer, held_out: ColourData) -> float:
+    """Every colour asked of every held-out image (checklists of up to ``MAX_CHECKLIST`` single
+    colours, in a fixed shuffled order): the [YES]/[NO] decision read off the teacher-forced
+    logits. Returns the mean of the accuracies on present and on absent colours (balanced: absent
+    colours are the majority)."""
+    template = get_template(cfg.data.conversation)
+    yes, no = tokenizer.convert_tokens_to_ids([YES_TOKEN, NO_TOKEN])
+    rng = random.Random(0)
+    correct = {True: [], False: []}
+    images = list(range(held_out.clip_images.shape[0]))
+    for first in range(0, len(images), cfg.components.batch_size):
+        batch_images, conversations = [], []
+        for image in images[first : first + cfg.components.batch_size]:
+            present = dict(zip(held_out.colours, held_out.present[image].tolist()))
+            order = rng.sample(held_out.colours, len(held_out.colours))
+            for start in range(0, len(order), MAX_CHECKLIST):
+                names = order[start : start + MAX_CHECKLIST]
+                answer = ", ".join(f"{name}: {YES_TOKEN if present[name] else NO_TOKEN}" for name in names) + "."
+                conversations.append((CHECKLIST_QUESTION.format(names=", ".join(names)), answer))
+                batch_images.append(image)
+        logits, targets = _answer_logits(llava, tokenizer, template, held_out, batch_images, conversations)
+        decisions = targets.eq(yes) | targets.eq(no)
+        said_yes = logits[decisions][:, yes] > logits[decisions][:, no]
+        truth = targets[decisions] == yes
+        for is_present in (True, False):
+            correct[is_present].append((said_yes == truth)[truth == is_present])
+    return 0.5 * sum(torch.cat(correct[flag]).float().mean().item() for flag in (True, False))
 
 
 def prepare_components(cfg: Config) -> ComponentPaths:
-    """Pretrain and save the tiny SAM and LLaVA under ``cfg.components.output_dir`` if absent."""
+    """Pretrain and save the tiny SAM and LLaVA under ``cfg.components.output_dir`` if absent.
+    Each stage measures its held-out quality on ``data.eval_split`` and stops the run with
+    ``ComponentQualityError`` when it is below its floor (nothing is saved then)."""
     paths = ComponentPaths.under(cfg.components.output_dir)
     if paths.complete():
         return paths
     start = time.time()
     generator = torch.Generator().manual_seed(cfg.run.seed)
-    data = load_colour_data(cfg)
-    sam, sam_iou = pretrain_sam(cfg, data, generator)
+    data = load_colour_data(cfg, cfg.data.train_split)
+    held_out = load_colour_data(cfg, cfg.data.eval_split)
+    sam = pretrain_sam(cfg, data, held_out, generator)
     paths.sam_checkpoint.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tiny_bpe(
         tokenizer_corpus(data.colours, cfg.data.conversation),
@@ -283,15 +376,10 @@ def prepare_components(cfg: Config) -> ComponentPaths:
         paths.llava_dir,
         extra_tokens=(YES_TOKEN, NO_TOKEN),
     )
-    llava, accuracy = pretrain_llava(cfg, data, tokenizer, generator)
+    llava = pretrain_llava(cfg, data, held_out, tokenizer, generator)
     save_llava_checkpoint(llava, paths.llava_dir, paths.clip_dir)
     partial = paths.sam_checkpoint.with_suffix(".pth.partial")
     torch.save(sam.state_dict(), partial)
     partial.rename(paths.sam_checkpoint)
-    LOGGER.info(
-        "tiny components ready in %.0fs: SAM colour-prompt IoU %.3f, LLaVA answer accuracy %.3f",
-        time.time() - start,
-        sam_iou,
-        accuracy,
-    )
+    LOGGER.info("tiny components ready in %.0fs", time.time() - start)
     return paths

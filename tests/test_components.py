@@ -1,0 +1,36 @@
+"""The tiny components' stages check their own held-out quality and stop a run that will not learn."""
+
+import re
+
+import pytest
+
+from gsva.engine.components import ComponentPaths, ComponentQualityError, prepare_components
+from tests.conftest import tiny_config
+
+STAGES = {
+    # stage: (its steps key, its floor key, the measurement it names)
+    "SAM": ("sam_steps", "min_sam_iou", "colour-prompt mask IoU"),
+    "CLIP": ("clip_steps", "min_clip_patch_accuracy", "per-patch colour accuracy"),
+    "LLaVA": ("llava_steps", "min_checklist_accuracy", r"checklist accuracy \(mean of present and absent colours\)"),
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_stage_below_its_floor_stops_with_its_name_and_measurement(synthetic_root, tokenizer_dir, tmp_path, stage):
+    """Two steps of a stage cannot do its job: that stage stops the run (the stages before it,
+    with floor 0, pass) and nothing is saved."""
+    steps_key, floor_key, measure = STAGES[stage]
+    overrides = [f"components.{key}=2" for key, _, _ in STAGES.values()]
+    overrides += [f"components.{key}={0.6 if key == floor_key else 0.0}" for _, key, _ in STAGES.values()]
+    cfg = tiny_config(
+        synthetic_root, tokenizer_dir, "components.enabled=true", f"components.output_dir={tmp_path / 'components'}", *overrides
+    )
+    with pytest.raises(ComponentQualityError) as error:
+        prepare_components(cfg)
+    message = str(error.value)
+    pattern = rf"pretrain {stage} did not learn enough: held-out {measure} (\d\.\d+) is below the floor 0\.60 \(components\.{floor_key}\)"
+    match = re.search(pattern, message)
+    assert match is not None, message
+    assert float(match.group(1)) < 0.6
+    assert f"components.{steps_key}" in message
+    assert not ComponentPaths.under(tmp_path / "components").complete()
