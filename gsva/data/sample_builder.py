@@ -15,7 +15,7 @@ names; ``SampleBuilder`` decides how they are asked and answered:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,21 +150,51 @@ class SampleBuilder:
         asks for a single target, answered "Sure, [SEG]." (or ``[REJ]``). Prompts are never cut."""
         conversations = []
         for query in queries:
+            tokens = self._tokenize([self.evaluation_turn(query)], "keep", query.metadata)
             texts = [self.prompts.eval_expression(target.text) for target in query.targets]
-            answered = [target.exists or not self.prompts.use_rej_token for target in query.targets]
-            slot_tokens = self.prompts.slot_tokens(len(texts))
-            if "{objs}" in query.question:
-                question = question_text(texts, query.question, self.prompts.image_marker)
-                slots = format_slots(texts, answered, slot_tokens, self.prompts.slot_separator)
-                answer = self.prompts.eval_answer.format(slots=slots)
-            else:
-                if len(texts) != 1:
-                    raise ValueError(f"question {query.question!r} asks for one target, got {len(texts)}")
-                question = self._with_image(query.question.format(obj=texts[0], sentence=texts[0]))
-                answer = EVAL_SINGLE_ANSWER.format(slot=slot_tokens[0] if answered[0] else REJ_TOKEN)
-            tokens = self._tokenize([(question, answer)], "keep", query.metadata)
             conversations.append(self._conversation(tokens, query.targets, {**query.metadata, "expressions": texts}))
         return self._image_sample(image, conversations)
+
+    def evaluation_turn(self, query: EvalQuery) -> tuple[str, str]:
+        """The (question, answer) of ``query`` as ``evaluation`` asks it: the answer gives each
+        target its slot, ``[SEG]`` when the target exists (or without ``[REJ]``), else ``[REJ]``."""
+        texts = [self.prompts.eval_expression(target.text) for target in query.targets]
+        answered = [target.exists or not self.prompts.use_rej_token for target in query.targets]
+        slot_tokens = self.prompts.slot_tokens(len(texts))
+        if "{objs}" in query.question:
+            question = question_text(texts, query.question, self.prompts.image_marker)
+            slots = format_slots(texts, answered, slot_tokens, self.prompts.slot_separator)
+            return question, self.prompts.eval_answer.format(slots=slots)
+        if len(texts) != 1:
+            raise ValueError(f"question {query.question!r} asks for one target, got {len(texts)}")
+        question = self._with_image(query.question.format(obj=texts[0], sentence=texts[0]))
+        return question, EVAL_SINGLE_ANSWER.format(slot=slot_tokens[0] if answered[0] else REJ_TOKEN)
+
+    def evaluation_length(self, query: EvalQuery) -> int:
+        """Tokens of the conversation ``evaluation`` builds for ``query`` (before the image
+        placeholder is expanded), to compare with ``settings.max_tokens``."""
+        return len(self._tokenize([self.evaluation_turn(query)], "keep", query.metadata).input_ids)
+
+    def fit_evaluation_query(self, query: EvalQuery) -> EvalQuery:
+        """``query`` with as many of its targets, from the first, as fit in ``settings.max_tokens``
+        (whole targets dropped from the end, as a training prompt is shortened); ``ValueError``
+        when not even the first target fits, or when there is none."""
+        if not query.targets:
+            raise ValueError("the query names no target")
+        fits, too_long = 0, len(query.targets) + 1
+        while too_long - fits > 1:  # the prompt grows with each target: bisect the longest prefix that fits
+            middle = (fits + too_long) // 2
+            if self.evaluation_length(replace(query, targets=query.targets[:middle])) <= self.settings.max_tokens:
+                fits = middle
+            else:
+                too_long = middle
+        if fits == 0:
+            length = self.evaluation_length(replace(query, targets=query.targets[:1]))
+            raise ValueError(
+                f"the prompt takes {length} tokens with its first target alone, more than the limit of "
+                f"{self.settings.max_tokens} (data.model_max_length): shorten it"
+            )
+        return replace(query, targets=query.targets[:fits])
 
     def sentence(
         self,

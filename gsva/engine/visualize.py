@@ -26,6 +26,26 @@ def _paint(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     return canvas.astype(np.uint8)
 
 
+def _enlarged(panel: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """``panel`` scaled by a whole factor (nearest neighbour) so that an image of ``image_size``
+    (H, W) in it shows at least ``MIN_SIDE`` pixels on its shorter side."""
+    scale = max(1, MIN_SIDE // min(image_size))
+    return cv2.resize(panel, (panel.shape[1] * scale, panel.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+
+
+def _legend(lines: list[tuple[str, tuple[int, int, int]]], width: int) -> np.ndarray:
+    """A white (rows, ``width``, 3) uint8 RGB strip with one (text, colour) line per entry."""
+    legend = np.full((LINE_HEIGHT * len(lines) + 6, width, 3), 255, np.uint8)
+    for row, (text, colour) in enumerate(lines):
+        cv2.putText(legend, text, (4, 14 + LINE_HEIGHT * row), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    return legend
+
+
+def decision_token(rejected: bool) -> str:
+    """How a slot decision is written: ``[REJ]`` or ``[SEG]``."""
+    return "[REJ]" if rejected else "[SEG]"
+
+
 def render_overlay(
     image: np.ndarray,
     expressions: list[str],
@@ -41,18 +61,30 @@ def render_overlay(
     """
     shown_pred = [m if not r else np.zeros_like(m) for m, r in zip(predicted_masks, predicted_rejected)]
     panel = np.concatenate([_paint(image, shown_pred), np.full((image.shape[0], 4, 3), 255, np.uint8), _paint(image, target_masks)], 1)
-    scale = max(1, MIN_SIDE // min(image.shape[:2]))
-    panel = cv2.resize(panel, (panel.shape[1] * scale, panel.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-    legend = np.full((LINE_HEIGHT * (len(expressions) + 1) + 6, panel.shape[1], 3), 255, np.uint8)
-    cv2.putText(legend, "prediction | ground truth", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    panel = _enlarged(panel, image.shape[:2])
+    lines = [("prediction | ground truth", (0, 0, 0))]
     for index, (text, rejected, exists) in enumerate(zip(expressions, predicted_rejected, target_exists)):
-        decision = "[REJ]" if rejected else "[SEG]"
-        truth = "[SEG]" if exists else "[REJ]"
         mark = "ok" if rejected != exists else "WRONG"
-        line = f"{text}: {decision} (gt {truth}) {mark}"
-        colour = PALETTE[index % len(PALETTE)]
-        cv2.putText(legend, line, (4, 14 + LINE_HEIGHT * (index + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    return np.concatenate([panel, legend], 0)
+        lines.append((f"{text}: {decision_token(rejected)} (gt {decision_token(not exists)}) {mark}", PALETTE[index % len(PALETTE)]))
+    return np.concatenate([panel, _legend(lines, panel.shape[1])], 0)
+
+
+def render_prediction(
+    image: np.ndarray, expressions: list[str], masks: list[np.ndarray], rejected: list[bool], answer: str
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB + per-expression (H, W) bool masks -> an RGB panel without ground truth:
+    the image with each ``[SEG]`` mask in its expression's colour and, below, the answer and a
+    legend ``expression: [SEG]|[REJ]`` in the expression's colour."""
+    shown = [mask if not is_rejected else np.zeros_like(mask) for mask, is_rejected in zip(masks, rejected)]
+    panel = _enlarged(_paint(image, shown), image.shape[:2])
+    lines = [(f"answer: {answer}"[:100], (0, 0, 0))] + [
+        (f"{text}: {decision_token(is_rejected)}", PALETTE[index % len(PALETTE)])
+        for index, (text, is_rejected) in enumerate(zip(expressions, rejected))
+    ]
+    legend = _legend(lines, max(panel.shape[1], 400))
+    padded = np.full((panel.shape[0], legend.shape[1], 3), 255, np.uint8)
+    padded[:, : panel.shape[1]] = panel
+    return np.concatenate([padded, legend], 0)
 
 
 def save_overlay(path: str | Path, panel: np.ndarray) -> None:
