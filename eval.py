@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 from pathlib import Path
 
-from gsva.config import load_config
-from gsva.data.prompts import EVAL_QUESTIONS, resolve_eval_question
-from gsva.data.sample_builder import SampleBuilder
-from gsva.engine.benchmarks import PROMPT_STYLES, parse_benchmark
 from gsva.engine.distributed import init_distributed
-from gsva.engine.evaluator import PROTOCOLS, EvalSettings
-from gsva.engine.report import evaluate_benchmark
-from gsva.engine.trainer import sample_settings
-from gsva.metrics import VARIANTS
-from gsva.model.build import build_gsva
-from gsva.model.weights import load_trainable_weights, resolve_weights_file
+from gsva.evaluation.benchmarks import parse_benchmark
+from gsva.evaluation.report import evaluate_benchmark
+from gsva.evaluation.scores import VARIANTS
+from gsva.evaluation.settings import PROMPT_STYLES, PROTOCOLS, EvalSettings
+from gsva.model.weights import resolve_weights_file
+from gsva.pipeline import from_pretrained
+from gsva.text.prompts import EVAL_QUESTIONS, resolve_eval_question
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,31 +66,26 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     weights = resolve_weights_file(args.weights)
-    cfg = load_config(args.config or weights.parent / "config.yaml", args.overrides)
+    device = init_distributed()
+    pipeline = from_pretrained(weights, args.overrides, device, config_file=args.config)
+    cfg = pipeline.cfg
     specs = args.benchmark or [f"{cfg.data.eval_dataset}:{cfg.data.eval_split}"]
     benchmarks = [parse_benchmark(spec) for spec in specs]
-    device = init_distributed()
-    tokenizer, model, prompts = build_gsva(cfg)
-    load_trainable_weights(model, weights)
-    model.to(device)
-    prompts = replace(prompts, eval_question=resolve_eval_question(args.question_template))
-    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
-    output_root = Path(args.output_dir) if args.output_dir else weights.parent / "eval"
-    style = args.prompt_style + ("_per_expression" if args.one_expression_per_prompt else "")
+    builder = pipeline.builder.with_prompts(eval_question=resolve_eval_question(args.question_template))
+    settings = EvalSettings(
+        protocol=args.protocol,
+        prompt_style=args.prompt_style,
+        one_expression_per_prompt=args.one_expression_per_prompt,
+        metric_variant=args.metric_variant,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        max_new_tokens=args.max_new_tokens,
+        visualize=args.visualize,
+        output_root=str(Path(args.output_dir) if args.output_dir else weights.parent / "eval"),
+        weights=str(weights),
+    )
     for benchmark in benchmarks:
-        settings = EvalSettings(
-            protocol=args.protocol,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            max_new_tokens=args.max_new_tokens,
-            visualize=args.visualize,
-            output_dir=str(output_root / f"{benchmark.dataset}_{benchmark.split}_{args.protocol}_{style}"),
-            weights=str(weights),
-        )
-        evaluate_benchmark(
-            model, builder, benchmark, cfg.data.dataset_dir, settings, device, args.metric_variant,
-            args.prompt_style, args.one_expression_per_prompt,
-        )
+        evaluate_benchmark(pipeline.model, builder, benchmark, cfg.data.dataset_dir, settings, device)
 
 
 if __name__ == "__main__":

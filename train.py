@@ -13,6 +13,7 @@ import logging
 import sys
 
 from gsva.config import load_config
+from gsva.demo.prepare import prepare_demo
 from gsva.engine.distributed import is_main
 from gsva.engine.trainer import train
 
@@ -36,7 +37,8 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = [*args.overrides, *(["run.eval_at_end=false"] if args.no_eval else [])]
-    result = train(load_config(args.config, overrides), resume=args.resume)
+    cfg = prepare_demo(load_config(args.config, overrides))  # the CPU demo's data and components, when asked
+    result = train(cfg, resume=args.resume)
     if result.stopped_by is not None and is_main():
         print(
             f"stopped by {result.stopped_by} after step {result.steps}; checkpoint saved in {result.weights}. "

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from gsva.catalog import DATASET_TASKS, NO_TARGET_DATASETS, TASKS, check_benchmark
+from gsva.data.catalog import DATASETS, TASKS, check_benchmark, datasets_of_task
 
 
 class ConfigError(ValueError):
@@ -40,7 +40,7 @@ class RunConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Spec of the synthetic generalized-referring set (see ``gsva.data.synthetic.SyntheticSpec``)."""
+    """Spec of the synthetic generalized-referring set (see ``gsva.demo.synthetic.SyntheticSpec``)."""
 
     seed: int = 0
     image_size: int = 64
@@ -315,11 +315,11 @@ def _validate_tasks(data: DataConfig) -> None:
         if not spec.datasets:
             raise ConfigError(f"data.tasks.{task}.datasets is empty")
         for name in spec.datasets:
-            if DATASET_TASKS.get(name) != task:
-                known = sorted(dataset for dataset, owner in DATASET_TASKS.items() if owner == task)
+            if name not in DATASETS or DATASETS[name].task != task:
+                known = datasets_of_task(task)
                 raise ConfigError(f"data.tasks.{task}.datasets: {name!r} is not a {task} dataset; expected one of {known}")
-    if DATASET_TASKS.get(data.eval_dataset) != "refer_seg":
-        known = sorted(dataset for dataset, task in DATASET_TASKS.items() if task == "refer_seg")
+    if data.eval_dataset not in DATASETS or DATASETS[data.eval_dataset].task != "refer_seg":
+        known = datasets_of_task("refer_seg")
         raise ConfigError(f"data.eval_dataset: {data.eval_dataset!r} is not a referring dataset; expected one of {known}")
     for key in ("absent_class_rate", "single_target_rate", "explanatory_rate"):
         value = getattr(data, key)
@@ -386,7 +386,7 @@ def rejection_ablation_datasets(cfg: Config) -> list[str]:
     paper's ablation without ``[REJ]``: their absent targets are left out of training prompts)."""
     if cfg.model.use_rej_token:
         return []
-    return [name for spec in cfg.data.tasks.values() for name in spec.datasets if name in NO_TARGET_DATASETS]
+    return [name for spec in cfg.data.tasks.values() for name in spec.datasets if DATASETS[name].no_target]
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -33,16 +33,15 @@ import cv2
 import numpy as np
 import torch
 
-from gsva.data.prompts import EVAL_SINGLE_QUESTIONS, resolve_eval_question
+from gsva.text.prompts import EVAL_SINGLE_QUESTIONS, resolve_eval_question
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import Collator
-from gsva.engine.evaluator import PROTOCOLS
-from gsva.engine.trainer import sample_settings
-from gsva.engine.visualize import render_prediction, save_overlay
+from gsva.evaluation.settings import PROTOCOLS
+from gsva.evaluation.overlays import render_prediction, save_overlay
 from gsva.model.gsva import SlotPredictions
-from gsva.model.pretrained import PretrainedGsva, from_pretrained
 from gsva.model.weights import WEIGHTS_NAME
-from gsva.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN
+from gsva.pipeline import Pipeline, from_pretrained
+from gsva.text.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 """Image files that ``Segmenter.read_image`` decodes (OpenCV)."""
@@ -120,8 +119,7 @@ class FittedQuery:
 class Segmenter:
     """A loaded model with the sample builder and collator of its config."""
 
-    gsva: PretrainedGsva
-    builder: SampleBuilder
+    pipeline: Pipeline
     collate: Collator
     device: torch.device
 
@@ -130,9 +128,12 @@ class Segmenter:
         """Load a model directory (or its ``model.safetensors``) with ``from_pretrained``: bf16
         on a GPU, fp32 on the CPU; ``overrides`` are dotted config overrides."""
         precision = "bf16" if device.type == "cuda" else "fp32"
-        gsva = from_pretrained(model_directory(weights), [f"model.precision={precision}", *overrides], device=device)
-        builder = SampleBuilder(gsva.tokenizer, gsva.prompts, sample_settings(gsva.cfg))
-        return cls(gsva, builder, Collator(builder.pad_token_id, gsva.cfg.data.sam_image_size), device)
+        pipeline = from_pretrained(weights, [f"model.precision={precision}", *overrides], device=device)
+        return cls(pipeline, Collator(pipeline.builder.pad_token_id, pipeline.cfg.data.sam_image_size), device)
+
+    @property
+    def builder(self) -> SampleBuilder:
+        return self.pipeline.builder
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -162,7 +163,7 @@ class Segmenter:
     def fit(self, query: EvalQuery) -> EvalQuery:
         """``query`` with as many of its expressions, from the first, as the prompt limit allows
         (``QueryError`` when an expression holds a reserved token or not even one fits)."""
-        reserved = [*self.gsva.prompts.seg_tokens, REJ_TOKEN, IMAGE_PLACEHOLDER, IM_START_TOKEN, IM_END_TOKEN]
+        reserved = [*self.builder.prompts.seg_tokens, REJ_TOKEN, IMAGE_PLACEHOLDER, IM_START_TOKEN, IM_END_TOKEN]
         for target in query.targets:
             for token in reserved:
                 if token in target.text:
@@ -182,8 +183,8 @@ class Segmenter:
         batch = self.collate([self.builder.evaluation(image, [query]) for image, query in zip(images, queries)])
         batch = batch.to(self.device)
         if protocol == "generate":
-            return self.gsva.model.generate(batch, max_new_tokens, self.gsva.tokenizer)
-        predictions = self.gsva.model.predict_teacher_forced(batch)
+            return self.pipeline.model.generate(batch, max_new_tokens, self.pipeline.tokenizer)
+        predictions = self.pipeline.model.predict_teacher_forced(batch)
         return [
             replace(prediction, text=self._decided_answer(query, prediction.rejected))
             for query, prediction in zip(queries, predictions)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from gsva.data.bad_samples import BadSampleError
-from gsva.data.prompts import EVAL_QUESTIONS, resolve_eval_question
-from gsva.data.synthetic import SyntheticSpec, render_image
-from gsva.engine.visualize import PALETTE, decision_token
+from gsva.text.prompts import EVAL_QUESTIONS, resolve_eval_question
+from gsva.demo.synthetic import SyntheticSpec, render_image
+from gsva.evaluation.overlays import PALETTE, decision_token
 from gsva.inference import (
     IMAGE_SUFFIXES,
     QueryError,

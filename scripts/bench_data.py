@@ -33,16 +33,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gsva.data.conversation import get_template
+from gsva.text.conversation import get_template
 from gsva.data.mixture import MixtureSampler, MixtureStream
-from gsva.data.prompts import PromptSettings
-from gsva.data.refer import ReferIndex
-from gsva.data.refer_seg_dataset import ReferSegDataset
+from gsva.text.prompts import PromptSettings
+from gsva.data.refer_seg.reader import ReferIndex
+from gsva.data.refer_seg.dataset import ReferSegDataset
 from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator
-from gsva.data.synthetic import DATASET_NAME, SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
-from gsva.data.tokenizer import add_task_tokens, load_tokenizer, task_token_strings, train_tiny_bpe
-from gsva.engine.components import tokenizer_corpus
+from gsva.demo.synthetic import DATASET_NAME, SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
+from gsva.text.tokenizer import add_task_tokens, load_tokenizer, task_token_strings, train_tiny_bpe
+from gsva.demo.components import tokenizer_corpus
 from gsva.model.pixels import normalize_clip_images, normalize_sam_images
 
 MICRO_BATCH = 2

@@ -53,14 +53,14 @@ import cv2
 import numpy as np
 import torch
 
-from gsva.data.conversation import get_template
-from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, format_slots, question_text
+from gsva.text.conversation import get_template
+from gsva.text.prompts import ANSWERS, EVAL_QUESTIONS, format_slots, question_text
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator, ImageSample
-from gsva.data.tokenizer import train_reference_bpe
+from gsva.text.tokenizer import train_reference_bpe
 from gsva.model.gsva import SlotPredictions
 from gsva.model.reference_shapes import REFERENCE_VOCAB, SHAPES, build_reference_model
-from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
+from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
 
 PROTOCOLS = ("teacher-forced", "generate")
 AUTHORS_TF_SECONDS_PER_IMAGE = 9.65

@@ -88,18 +88,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from gsva.atomic import write_json_atomic
 from gsva.batch import GsvaBatch
-from gsva.data.conversation import get_template
-from gsva.data.prompts import ANSWERS, TRAIN_QUESTIONS, format_slots, question_text
+from gsva.text.conversation import get_template
+from gsva.text.prompts import ANSWERS, TRAIN_QUESTIONS, format_slots, question_text
 from gsva.data.sample_builder import SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator
-from gsva.data.tokenizer import train_reference_bpe
+from gsva.text.tokenizer import train_reference_bpe
 from gsva.engine.host_syncs import HostSyncCounter, python_site
 from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
 from gsva.model.encoder_features import encode_features, encoder_layout
 from gsva.model.flops import mask_decoder_flops_per_query, step_flops
 from gsva.model.gsva import GsvaModel
 from gsva.model.reference_shapes import REFERENCE_VOCAB, SHAPES, build_reference_model
-from gsva.special_tokens import IMAGE_PLACEHOLDER
+from gsva.text.special_tokens import IMAGE_PLACEHOLDER
 
 AUTHORS_STEP_S = {"step": 26.4, "forward": 11.6, "backward": 13.0, "optimizer": 1.9}
 AUTHORS_PEAK_RSS_GB = 3.3

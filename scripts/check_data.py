@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gsva.catalog import DATASET_TASKS
-from gsva.data.doctor import DatasetReport, check_dataset
+from gsva.data.catalog import DATASETS, check_dataset
+from gsva.data.doctor import DatasetReport
 from gsva.atomic import write_json_atomic
 
 SHOWN_PROBLEMS = 10
@@ -25,7 +25,7 @@ SHOWN_PROBLEMS = 10
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-dir", type=Path, required=True, help="the <dataset_dir> of the LISA/GSVA layout (README, Datasets)")
-    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASET_TASKS), default=list(DATASET_TASKS),
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS),
                         help="datasets to check (default: all of them)")
     parser.add_argument("--max-files", type=int, default=None,
                         help="read at most this many images (with their labels) per dataset, spread evenly (default: all)")

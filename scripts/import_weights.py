@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from gsva.config import config_to_dict, load_config
-from gsva.data.tokenizer import add_task_tokens, load_tokenizer, task_token_strings
+from gsva.text.tokenizer import add_task_tokens, load_tokenizer, task_token_strings
 from gsva.model import released
 
 TOKENIZER_FILES = (

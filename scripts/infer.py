@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from gsva.data.prompts import EVAL_QUESTIONS
+from gsva.text.prompts import EVAL_QUESTIONS
 from gsva.data.sample_builder import EvalQuery
-from gsva.engine.visualize import decision_token
+from gsva.evaluation.overlays import decision_token
 from gsva.inference import (
     IMAGE_SUFFIXES,
     QueryError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gsva.data.refer import EXPRESSION_KINDS, images_dir, instances_path, refs_path
-from gsva.data.synthetic import (
+from gsva.data.refer_seg.reader import EXPRESSION_KINDS, images_dir, instances_path, refs_path
+from gsva.demo.synthetic import (
     DATASET_NAME,
     SEGMENTATION_FORMATS,
     SPLIT_BY,

@@ -20,11 +20,10 @@ import logging
 from pathlib import Path
 
 from gsva.config import load_config
-from gsva.data.sample_builder import SampleBuilder
 from gsva.engine.distributed import barrier, gather_objects, init_distributed, is_main
 from gsva.engine.precompute import precompute_features
-from gsva.engine.trainer import prepare_inputs, sample_settings
-from gsva.model.build import build_gsva
+from gsva.demo.prepare import prepare_demo
+from gsva.pipeline import build_pipeline
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,11 +44,10 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = init_distributed()
-    cfg = prepare_inputs(load_config(args.config, args.overrides))
-    tokenizer, model, prompts = build_gsva(cfg)
-    model.to(device).eval()
-    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
-    report = precompute_features(model, builder, cfg, args.out, device, args.batch_size, args.num_workers)
+    cfg = prepare_demo(load_config(args.config, args.overrides))
+    pipeline = build_pipeline(cfg)
+    pipeline.model.to(device).eval()
+    report = precompute_features(pipeline.model, pipeline.builder, cfg, args.out, device, args.batch_size, args.num_workers)
     reports = gather_objects([report])
     barrier()
     if is_main():

@@ -16,15 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-from gsva.engine.benchmarks import TABLE_COLUMNS, summarize
-from gsva.engine.report import print_summary
-from gsva.metrics import VARIANTS
+from gsva.evaluation.families import FAMILIES
+from gsva.evaluation.scores import VARIANTS
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("records", type=Path, help="records.jsonl written by eval.py (or by training's evaluation)")
-    parser.add_argument("--family", choices=sorted(TABLE_COLUMNS), default=None,
+    parser.add_argument("--family", choices=sorted(FAMILIES), default=None,
                         help="metric family (default: from the metrics.json beside the records)")
     parser.add_argument("--metric-variant", choices=VARIANTS, default="gres", help="GRES definitions to print (both are computed)")
     parser.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of a table")
@@ -43,16 +42,17 @@ def main() -> int:
         family = family or stored["family"]
         benchmark, protocol = stored.get("benchmark", benchmark), stored.get("protocol", protocol)
     if family is None:
-        print(f"no metrics.json beside {args.records}: pass --family ({', '.join(sorted(TABLE_COLUMNS))})", file=sys.stderr)
+        print(f"no metrics.json beside {args.records}: pass --family ({', '.join(sorted(FAMILIES))})", file=sys.stderr)
         return 1
     with args.records.open() as handle:
         records = [json.loads(line) for line in handle if line.strip()]
-    summary = summarize(family, records)
+    evaluator = FAMILIES[family](None, args.metric_variant)
+    summary = evaluator.summary(records)
     summary["benchmark"] = benchmark
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print_summary(summary, protocol, args.metric_variant)
+        print(evaluator.format_summary(summary, protocol, benchmark))
     return 0
 
 

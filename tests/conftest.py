@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from gsva.config import Config, load_config
-from gsva.data.synthetic import COLOURS, SyntheticSpec, write_synthetic_grefcoco
-from gsva.data.tokenizer import train_tiny_bpe
-from gsva.engine.components import tokenizer_corpus
+from gsva.demo.synthetic import COLOURS, SyntheticSpec, write_synthetic_grefcoco
+from gsva.text.tokenizer import train_tiny_bpe
+from gsva.demo.components import tokenizer_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny_synthetic.yaml"

@@ -17,18 +17,18 @@ import numpy as np
 import pytest
 
 from gsva.data.bad_samples import BadSampleError, BadSampleTally
-from gsva.data.conversation import get_template
+from gsva.text.conversation import get_template
 from gsva.data.masks import encode_rle
 from gsva.data.mixture import FullPassStream, MixtureStream
-from gsva.data.prompts import PromptSettings
-from gsva.data.refer import ReferIndex
-from gsva.data.refer_seg_dataset import ReferSegDataset
-from gsva.data.registry import open_training_dataset
+from gsva.text.prompts import PromptSettings
+from gsva.data.refer_seg.reader import ReferIndex
+from gsva.data.refer_seg.dataset import ReferSegDataset
+from gsva.data.catalog import dataset_entry
 from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator, ImageSample
-from gsva.data.synthetic import SyntheticSpec, write_synthetic_grefcoco
-from gsva.data.tokenizer import add_task_tokens, load_tokenizer
-from gsva.special_tokens import REJ_TOKEN, SEG_TOKEN
+from gsva.demo.synthetic import SyntheticSpec, write_synthetic_grefcoco
+from gsva.text.tokenizer import add_task_tokens, load_tokenizer
+from gsva.text.special_tokens import REJ_TOKEN, SEG_TOKEN
 from tests.formats.refer_formats import WrittenRefer, write_all_refer
 from tests.formats.semseg_formats import write_ade20k, write_gray_png
 from tests.formats.vqa_reason_formats import LLAVA_RECORDS, write_llava_instruct
@@ -220,7 +220,7 @@ def write_with_fault(root: Path, fault: str) -> Fault:
 
 def open_datasets(root: Path, builder: SampleBuilder) -> list:
     """The training splits of :data:`DATASETS`, in that order, as training opens them."""
-    return [open_training_dataset(name, root, "train", builder) for name in DATASETS]
+    return [dataset_entry(name).open_training(root, "train", builder) for name in DATASETS]
 
 
 def streams(root: Path, builder: SampleBuilder, policy: str) -> dict[str, FullPassStream | MixtureStream]:

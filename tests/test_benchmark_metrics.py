@@ -1,4 +1,4 @@
-"""Tests for gsva.benchmark_metrics (REC, classic RES, Ref-ZOM, ReasonSeg, ADE20K class mIoU).
+"""Tests of the other benchmark families' metrics (REC, classic RES, Ref-ZOM, ReasonSeg, ADE20K class mIoU).
 
 Two parts: small hand-computed cases (exact fractions, edge cases), then a cross-check of every
 number reported by gres_metrics (both variants) and by the benchmark functions against an
@@ -12,18 +12,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from gsva.benchmark_metrics import (
-    RES_PRECISION_THRESHOLDS,
-    box_iou,
-    class_miou,
-    mask_box,
-    mask_box_iou,
-    reason_seg_metrics,
-    rec_accuracy,
-    refzom_metrics,
-    res_metrics,
-)
-from gsva.metrics import EXPRESSION_KINDS, PRECISION_THRESHOLDS, VARIANTS, gres_metrics, score_expression
+from gsva.evaluation.boxes import box_iou, mask_box, mask_box_iou
+from gsva.evaluation.families.ade20k import class_miou
+from gsva.evaluation.families.gres import PRECISION_THRESHOLDS, gres_metrics
+from gsva.evaluation.families.reason_seg import reason_seg_metrics
+from gsva.evaluation.families.refzom import refzom_metrics
+from gsva.evaluation.families.res import RES_PRECISION_THRESHOLDS, rec_accuracy, res_metrics
+from gsva.evaluation.scores import EXPRESSION_KINDS, VARIANTS, score_expression
 
 
 from tests.test_metrics import EMPTY, approx, mask

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gsva.catalog import DATASET_TASKS
-from gsva.data.doctor import check_dataset, spread
+from gsva.data.catalog import DATASETS, check_dataset
+from gsva.data.doctor import spread
 from tests.conftest import REPO
 from tests.formats import write_every_dataset
 
@@ -19,7 +19,7 @@ def dataset_dir(tmp_path: Path) -> Path:
 
 
 def test_every_dataset_is_ready_with_counts(dataset_dir: Path):
-    reports = {name: check_dataset(name, dataset_dir) for name in DATASET_TASKS}
+    reports = {name: check_dataset(name, dataset_dir) for name in DATASETS}
     assert all(report.ok for report in reports.values()), {n: r.unreadable or r.missing for n, r in reports.items()}
     assert reports["grefcoco"].counts["val/no-target"] == 1 and reports["grefcoco"].counts["val/multi"] == 1
     assert reports["refzom"].counts["test/no-target"] == 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gsva.config import TinyDims
-from gsva.data.tokenizer import load_tokenizer
+from gsva.text.tokenizer import load_tokenizer
 from gsva.model.mllm import build_tiny_llava, load_llava, save_llava_checkpoint
 from gsva.model.sam import build_sam, build_tiny_sam
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from gsva.engine.components import ComponentPaths, ComponentQualityError, prepare_components
+from gsva.demo.components import ComponentPaths, ComponentQualityError, prepare_components
 from tests.conftest import tiny_config
 
 STAGES = {

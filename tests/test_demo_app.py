@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from gsva.data.synthetic import SyntheticSpec, render_image
+from gsva.demo.synthetic import SyntheticSpec, render_image
 from gsva.inference import Segmenter, expressions_query, split_expressions
-from gsva.model.build import build_gsva
+from gsva.pipeline import build_pipeline
 from gsva.model.pretrained import save_pretrained
 from gsva.webapp import EXPRESSIONS, REASONING, DemoPage, PageSettings, check_weights, write_examples
 from tests.conftest import REPO, child_environment, free_port, tiny_config
@@ -39,7 +39,7 @@ NOT_AN_IMAGE = b"these are notes, not pixels\n"
 def random_weights(synthetic_root, tokenizer_dir, tmp_path_factory) -> Path:
     """A tiny model directory with random weights (the handlers' behaviour, not its answers)."""
     cfg = tiny_config(synthetic_root, tokenizer_dir)
-    _, model, _ = build_gsva(cfg)
+    model = build_pipeline(cfg).model
     return save_pretrained(model, cfg, tmp_path_factory.mktemp("random_weights")).parent
 
 

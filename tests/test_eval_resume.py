@@ -9,19 +9,19 @@ import pytest
 import torch
 
 import gsva.atomic as atomic
-from gsva.data.sample_builder import SampleBuilder
 from gsva.atomic import write_json_atomic, write_text_atomic
-from gsva.engine.benchmarks import parse_benchmark
-from gsva.engine.eval_resume import partial_path
-from gsva.engine.evaluator import EvalSettings
-from gsva.engine.report import evaluate_benchmark
-from gsva.engine.trainer import sample_settings
-from gsva.model.build import build_gsva
+from gsva.evaluation.benchmarks import parse_benchmark
+from gsva.evaluation.report import evaluate_benchmark
+from gsva.evaluation.resume import partial_path
+from gsva.evaluation.settings import EvalSettings
+from gsva.pipeline import build_pipeline
 from tests.conftest import tiny_config
 
 BENCHMARK = parse_benchmark("grefcoco:val")  # 8 images in the test set: 4 batches of 2
 BATCH_SIZE = 2
 NUM_BATCHES = 4
+REPORT = "grefcoco_val_teacher-forced_gsva"
+"""The report folder's name under the output root (``EvalSettings.report_dir``)."""
 
 
 class Interrupted(Exception):
@@ -32,10 +32,16 @@ class Interrupted(Exception):
 def setup(synthetic_root, tokenizer_dir, tmp_path_factory):
     cfg = tiny_config(synthetic_root, tokenizer_dir)
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(cfg)
+    pipeline = build_pipeline(cfg)
     weights = tmp_path_factory.mktemp("weights") / "model.safetensors"
     weights.write_bytes(b"stands for the scored weights")
-    return synthetic_root, model, SampleBuilder(tokenizer, prompts, sample_settings(cfg)), weights
+    return synthetic_root, pipeline.model, pipeline.builder, weights
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    """The report folder of an evaluation whose output root is ``tmp_path``."""
+    return tmp_path / REPORT
 
 
 def count_calls(monkeypatch, model, fail_after: int | None = None) -> list[int]:
@@ -55,8 +61,12 @@ def count_calls(monkeypatch, model, fail_after: int | None = None) -> list[int]:
 
 
 def evaluate(setup, output_dir: Path, visualize: int = 0, weights: Path | None = None):
+    """Evaluate into the report folder ``output_dir`` (named ``REPORT``, under its output root)."""
     root, model, builder, default_weights = setup
-    settings = EvalSettings(batch_size=BATCH_SIZE, output_dir=str(output_dir), visualize=visualize, weights=str(weights or default_weights))
+    assert output_dir.name == REPORT
+    settings = EvalSettings(
+        batch_size=BATCH_SIZE, output_root=str(output_dir.parent), visualize=visualize, weights=str(weights or default_weights)
+    )
     return evaluate_benchmark(model, builder, BENCHMARK, root, settings, torch.device("cpu"))
 
 
@@ -77,86 +87,87 @@ def interrupt(setup, monkeypatch, output_dir: Path, after_batches: int, visualiz
 
 @pytest.fixture(scope="module")
 def uninterrupted(setup, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    output_dir = tmp_path_factory.mktemp("uninterrupted") / REPORT
     evaluate(setup, output_dir, visualize=3)
     return report(output_dir)
 
 
-def test_uninterrupted_evaluation_leaves_no_partial_file(setup, uninterrupted, monkeypatch, tmp_path):
+def test_uninterrupted_evaluation_leaves_no_partial_file(setup, uninterrupted, monkeypatch, out):
     calls = count_calls(monkeypatch, setup[1])
-    evaluate(setup, tmp_path)
+    evaluate(setup, out)
     assert calls == [BATCH_SIZE] * NUM_BATCHES
-    assert report(tmp_path) == uninterrupted
-    assert not list(tmp_path.glob("records.partial*"))
+    assert report(out) == uninterrupted
+    assert not list(out.glob("records.partial*"))
 
 
-def test_interrupted_evaluation_resumes_with_the_missing_images_only(setup, uninterrupted, monkeypatch, tmp_path):
-    interrupt(setup, monkeypatch, tmp_path, after_batches=2, visualize=3)
-    partial = partial_path(tmp_path, 0).read_text().splitlines()
+def test_interrupted_evaluation_resumes_with_the_missing_images_only(setup, uninterrupted, monkeypatch, out):
+    interrupt(setup, monkeypatch, out, after_batches=2, visualize=3)
+    partial = partial_path(out, 0).read_text().splitlines()
     assert len(partial) == 1 + 2 and "fingerprint" in json.loads(partial[0])
-    assert len(list((tmp_path / "overlays").glob("*.png"))) == 3  # batch 1: 2, batch 2: 1
+    assert len(list((out / "overlays").glob("*.png"))) == 3  # batch 1: 2, batch 2: 1
 
     calls = count_calls(monkeypatch, setup[1])
-    summary = evaluate(setup, tmp_path, visualize=3)
+    summary = evaluate(setup, out, visualize=3)
     assert calls == [BATCH_SIZE] * (NUM_BATCHES - 2)
     assert summary["num_records"] > 0
-    assert report(tmp_path) == uninterrupted
-    assert len(list((tmp_path / "overlays").glob("*.png"))) == 3  # none added on resume
-    assert not partial_path(tmp_path, 0).exists()
+    assert report(out) == uninterrupted
+    assert len(list((out / "overlays").glob("*.png"))) == 3  # none added on resume
+    assert not partial_path(out, 0).exists()
 
 
-def test_batch_cut_short_by_the_interruption_is_evaluated_again(setup, uninterrupted, monkeypatch, tmp_path):
-    interrupt(setup, monkeypatch, tmp_path, after_batches=3)
-    path = partial_path(tmp_path, 0)
+def test_batch_cut_short_by_the_interruption_is_evaluated_again(setup, uninterrupted, monkeypatch, out):
+    interrupt(setup, monkeypatch, out, after_batches=3)
+    path = partial_path(out, 0)
     text = path.read_text()
     path.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2])  # the last batch line half-written
 
     calls = count_calls(monkeypatch, setup[1])
-    evaluate(setup, tmp_path)
+    evaluate(setup, out)
     assert calls == [BATCH_SIZE] * (NUM_BATCHES - 2)
-    assert report(tmp_path) == uninterrupted
+    assert report(out) == uninterrupted
 
 
-def test_different_weights_start_the_evaluation_over(setup, uninterrupted, monkeypatch, tmp_path, caplog):
-    interrupt(setup, monkeypatch, tmp_path, after_batches=2)
-    other_weights = tmp_path / "other.safetensors"
+def test_different_weights_start_the_evaluation_over(setup, uninterrupted, monkeypatch, out, caplog):
+    interrupt(setup, monkeypatch, out, after_batches=2)
+    other_weights = out.parent / "other.safetensors"
     other_weights.write_bytes(b"other weights")
 
     calls = count_calls(monkeypatch, setup[1])
-    with caplog.at_level(logging.WARNING, logger="gsva.engine.eval_resume"):
-        evaluate(setup, tmp_path, weights=other_weights)
+    with caplog.at_level(logging.WARNING, logger="gsva.evaluation.resume"):
+        evaluate(setup, out, weights=other_weights)
     assert calls == [BATCH_SIZE] * NUM_BATCHES
     assert "different evaluation (differing: weights); starting this evaluation over" in caplog.text
-    assert report(tmp_path) == uninterrupted
+    assert report(out) == uninterrupted
 
 
-def test_unreadable_partial_file_starts_the_evaluation_over(setup, uninterrupted, monkeypatch, tmp_path, caplog):
-    partial_path(tmp_path, 0).write_text('{"items": [0, 1], "records": [], "overlays": 0}\n')
+def test_unreadable_partial_file_starts_the_evaluation_over(setup, uninterrupted, monkeypatch, out, caplog):
+    out.mkdir()
+    partial_path(out, 0).write_text('{"items": [0, 1], "records": [], "overlays": 0}\n')
     calls = count_calls(monkeypatch, setup[1])
-    with caplog.at_level(logging.WARNING, logger="gsva.engine.eval_resume"):
-        evaluate(setup, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="gsva.evaluation.resume"):
+        evaluate(setup, out)
     assert calls == [BATCH_SIZE] * NUM_BATCHES
     assert "no readable fingerprint" in caplog.text
-    assert report(tmp_path) == uninterrupted
+    assert report(out) == uninterrupted
 
 
-def test_evaluation_without_weights_file_is_not_resumable(setup, uninterrupted, monkeypatch, tmp_path):
+def test_evaluation_without_weights_file_is_not_resumable(setup, uninterrupted, monkeypatch, out):
     root, model, builder, _ = setup
-    settings = EvalSettings(batch_size=BATCH_SIZE, output_dir=str(tmp_path))
+    settings = EvalSettings(batch_size=BATCH_SIZE, output_root=str(out.parent))
     with monkeypatch.context() as patch:
         count_calls(patch, model, fail_after=2)
         with pytest.raises(Interrupted):
             evaluate_benchmark(model, builder, BENCHMARK, root, settings, torch.device("cpu"))
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.parent.iterdir()) == []
     calls = count_calls(monkeypatch, model)
     evaluate_benchmark(model, builder, BENCHMARK, root, settings, torch.device("cpu"))
     assert calls == [BATCH_SIZE] * NUM_BATCHES
-    assert report(tmp_path) == uninterrupted
+    assert report(out) == uninterrupted
 
 
-def test_failure_while_writing_the_report_keeps_the_old_report_and_the_partial_file(setup, uninterrupted, monkeypatch, tmp_path):
-    interrupt(setup, monkeypatch, tmp_path, after_batches=2)
-    (tmp_path / "metrics.json").write_text("the previous report\n")
+def test_failure_while_writing_the_report_keeps_the_old_report_and_the_partial_file(setup, uninterrupted, monkeypatch, out):
+    interrupt(setup, monkeypatch, out, after_batches=2)
+    (out / "metrics.json").write_text("the previous report\n")
     real_replace = atomic.os.replace
 
     def replace(source, destination):
@@ -167,15 +178,15 @@ def test_failure_while_writing_the_report_keeps_the_old_report_and_the_partial_f
     with monkeypatch.context() as patch:
         patch.setattr(atomic.os, "replace", replace)
         with pytest.raises(Interrupted):
-            evaluate(setup, tmp_path)
-    assert (tmp_path / "metrics.json").read_text() == "the previous report\n"
-    assert partial_path(tmp_path, 0).is_file()
-    assert sorted(path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")) == []
+            evaluate(setup, out)
+    assert (out / "metrics.json").read_text() == "the previous report\n"
+    assert partial_path(out, 0).is_file()
+    assert sorted(path.name for path in out.iterdir() if path.name.endswith(".tmp")) == []
 
     calls = count_calls(monkeypatch, setup[1])
-    evaluate(setup, tmp_path)
+    evaluate(setup, out)
     assert calls == []  # every image was recorded before the report failed
-    assert report(tmp_path) == uninterrupted
+    assert report(out) == uninterrupted
 
 
 @pytest.mark.parametrize("failing", ["fsync", "replace"])

@@ -13,8 +13,8 @@ from transformers import LlamaForCausalLM
 
 from gsva.engine.export import export_checkpoint
 from gsva.engine.trainer import train
-from gsva.model.build import build_gsva
-from gsva.model.pretrained import from_pretrained, save_pretrained
+from gsva.pipeline import build_pipeline, from_pretrained
+from gsva.model.pretrained import save_pretrained
 from tests.conftest import REPO, child_environment, tiny_config
 from tests.test_model import make_batch
 
@@ -31,7 +31,8 @@ def outputs(model, batch):
 
 def test_save_then_from_pretrained_is_identical(synthetic_root, tokenizer_dir, tmp_path):
     cfg = tiny_config(synthetic_root, tokenizer_dir, "model.lora_r=4")
-    tokenizer, model, prompts = build_gsva(cfg)
+    pipeline = build_pipeline(cfg)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     with torch.no_grad():  # move the trainable weights away from what a rebuild gives
         for parameter in model.parameters():
             if parameter.requires_grad:
@@ -56,11 +57,11 @@ def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, t
         "optim.warmup_steps=0",
     )
     torch.manual_seed(0)
-    _, untrained, _ = build_gsva(cfg)
+    untrained = build_pipeline(cfg).model
     result = train(cfg)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step3"
     trained = result.model.cpu().eval()
-    batch, _ = make_batch(cfg, result.tokenizer, result.prompts)
+    batch, _ = make_batch(cfg, result.builder.tokenizer, result.builder.prompts)
     expected, expected_losses = outputs(trained, batch)
     _, untrained_losses = outputs(untrained, batch)
     assert not torch.equal(expected_losses, untrained_losses)  # training moved the weights
@@ -99,7 +100,7 @@ def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, t
 
 def test_infer_script_writes_masks_and_prints_decisions(synthetic_root, tokenizer_dir, tmp_path):
     cfg = tiny_config(synthetic_root, tokenizer_dir)
-    _, model, _ = build_gsva(cfg)
+    model = build_pipeline(cfg).model
     save_pretrained(model, cfg, tmp_path / "weights")
     images = tmp_path / "images"
     images.mkdir()

@@ -8,13 +8,12 @@ import sys
 import pytest
 import torch
 
-from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator
 from gsva.engine.host_syncs import HostSyncCounter
 from gsva.engine.precompute import all_training_images, precompute_features
-from gsva.engine.trainer import open_feature_cache, sample_settings, train
+from gsva.engine.trainer import open_feature_cache, train
 from gsva.feature_cache import FeatureCache
-from gsva.model.build import build_gsva
+from gsva.pipeline import build_pipeline
 from gsva.model.encoder_features import encoder_layout
 from tests.conftest import REPO, child_environment, tiny_config
 
@@ -24,8 +23,8 @@ def cache_setup(synthetic_root, tokenizer_dir, tmp_path_factory):
     """The tiny config, its model and builder, and a cache of all its training images."""
     cfg = tiny_config(synthetic_root, tokenizer_dir, "data.num_workers=0")
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(cfg)
-    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    pipeline = build_pipeline(cfg)
+    model, builder = pipeline.model, pipeline.builder
     cache_dir = tmp_path_factory.mktemp("cache") / "features"
     first = precompute_features(model.eval(), builder, cfg, cache_dir, torch.device("cpu"), batch_size=5, num_workers=0)
     return cfg, model, builder, cache_dir, first
@@ -90,7 +89,7 @@ def test_training_forward_reads_nothing_back_from_the_device(cache_setup):
 def test_cache_of_other_encoder_weights_is_refused(cache_setup, synthetic_root, tokenizer_dir):
     _, _, _, cache_dir, _ = cache_setup
     other_cfg = tiny_config(synthetic_root, tokenizer_dir, "run.seed=7", f"data.feature_cache={cache_dir}")
-    _, other_model, _ = build_gsva(other_cfg)
+    other_model = build_pipeline(other_cfg).model
     assert encoder_layout(other_model).fingerprint != FeatureCache.open(cache_dir).layout.fingerprint
     with pytest.raises(ValueError, match="precompute_features"):
         open_feature_cache(other_cfg, other_model)

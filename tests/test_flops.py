@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gsva.data.synthetic import COLOURS
-from gsva.data.tokenizer import train_tiny_bpe
-from gsva.engine.components import tokenizer_corpus
-from gsva.model.build import build_gsva
+from gsva.demo.synthetic import COLOURS
+from gsva.text.tokenizer import train_tiny_bpe
+from gsva.demo.components import tokenizer_corpus
+from gsva.pipeline import build_pipeline
 from gsva.model.flops import clip_flops, llm_flops, sam_encoder_flops
 from gsva.model.reference_shapes import reference_config
 
@@ -17,7 +17,7 @@ def reference_model(tmp_path_factory):
     """The tiny reference dims (SAM ViT 128x2 with windowed and global blocks at 1024 px), a small vocabulary."""
     directory = tmp_path_factory.mktemp("flops_tokenizer")
     train_tiny_bpe(tokenizer_corpus(list(COLOURS), "llava_v1"), 512, directory)
-    _, model, _ = build_gsva(reference_config("tiny", directory))
+    model = build_pipeline(reference_config("tiny", directory)).model
     model.mllm.language_model.set_attn_implementation("eager")
     model.mllm.vision_tower.set_attn_implementation("eager")
     return model

@@ -17,7 +17,7 @@ import yaml
 from transformers import CLIPVisionConfig, LlamaConfig
 
 from gsva.config import config_to_dict, load_config
-from gsva.model.build import build_gsva
+from gsva.pipeline import build_pipeline
 from gsva.model.reference_shapes import TINY_REFERENCE_DIMS, reference_config
 from gsva.model.released import (
     ReleasedWeightsError,
@@ -128,7 +128,7 @@ def import_args(fmt: str, weights: Path, bases: dict, out: Path) -> list[str]:
 
 def assert_model_equals_source(out: Path, source: dict[str, torch.Tensor], fmt: str) -> None:
     cfg = load_config(out / "config.yaml")
-    _, model, _ = build_gsva(cfg)
+    model = build_pipeline(cfg).model
     load_trainable_weights(model, out)
     state = model.state_dict()
     placed = set()
@@ -151,7 +151,7 @@ def test_gsva_bin_imports_exactly(bases, tmp_path, naming):
     assert (cfg.model.sam_type, cfg.model.lora_r, cfg.model.use_rej_token) == ("tiny", 8, True)
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.model.precision == "fp32"
     assert_model_equals_source(out, source, "gsva-bin")
-    tokenizer, _, _ = build_gsva(cfg)
+    tokenizer = build_pipeline(cfg).tokenizer
     ids = tokenizer.convert_tokens_to_ids(["[SEG]", "[REJ]", "<im_start>", "<im_end>"])
     assert ids == [BASE_VOCAB, BASE_VOCAB + 1, BASE_VOCAB + 2, BASE_VOCAB + 3]
 
@@ -174,7 +174,7 @@ def test_lisa_sharded_dir_imports_exactly_via_the_script(bases, tmp_path):
 def test_missing_misshaped_and_unplaced_keys_are_reported_and_refused(bases, tmp_path):
     source = gsva_state("key_peft04_tf444")
     cfg = load_config(bases["yaml"])
-    _, model, _ = build_gsva(cfg)
+    model = build_pipeline(cfg).model
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     assert map_released_state(source, "gsva-bin", expected).ok
     broken = dict(source)

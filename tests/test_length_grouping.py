@@ -10,11 +10,11 @@ import pytest
 
 from gsva.config import ConfigError, load_config
 from gsva.data.mixture import FullPassSampler, FullPassStream
-from gsva.data.refer_seg_dataset import ReferSegDataset
-from gsva.data.sample_builder import SampleBuilder
+from gsva.data.refer_seg.dataset import ReferSegDataset
+from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator
-from gsva.engine.trainer import sample_settings, training_sampler, training_stream
-from gsva.model.build import build_gsva
+from gsva.engine.trainer import training_sampler, training_stream
+from gsva.pipeline import build_pipeline
 from tests.conftest import REPO, tiny_config
 
 POSITIONS, MICRO_BATCH, WORLD = 2000, 8, 2
@@ -116,8 +116,9 @@ def test_group_by_length_needs_epochs_mode():
 @pytest.fixture(scope="module")
 def builder(synthetic_root: Path, tokenizer_dir: Path) -> SampleBuilder:
     cfg = tiny_config(synthetic_root, tokenizer_dir)
-    tokenizer, _, prompts = build_gsva(cfg)
-    return SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    pipeline = build_pipeline(cfg)
+    tokenizer, _, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
+    return SampleBuilder(tokenizer, prompts, SampleSettings.from_config(cfg.data))
 
 
 def test_refer_seg_hint_grows_with_the_number_and_length_of_expressions(synthetic_root: Path, tokenizer_dir: Path, builder):

@@ -1,4 +1,4 @@
-"""Tests for gsva.metrics (gRefCOCO gIoU / cIoU / N-acc / T-acc / Pr@)."""
+"""Tests of the GRES metrics (gRefCOCO gIoU / cIoU / N-acc / T-acc / Pr@)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from gsva.metrics import (
-    EXPRESSION_KINDS,
-    PRECISION_THRESHOLDS,
-    VARIANTS,
-    ExpressionScore,
-    GresAccumulator,
-    expression_iou,
-    format_metrics_table,
-    gres_metrics,
-    score_expression,
-)
+from gsva.evaluation.families.gres import PRECISION_THRESHOLDS, GresAccumulator, gres_metrics
+from gsva.evaluation.scores import EXPRESSION_KINDS, VARIANTS, ExpressionScore, expression_iou, score_expression
+from gsva.evaluation.table import format_metrics_table
 
 
 def approx(value: Fraction | float) -> object:

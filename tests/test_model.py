@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from gsva.data.refer import ReferIndex
-from gsva.data.refer_seg_dataset import ReferSegDataset
+from gsva.data.refer_seg.reader import ReferIndex
+from gsva.data.refer_seg.dataset import ReferSegDataset
 from gsva.data.sample_builder import SampleBuilder, SampleSettings, SlotTarget
 from gsva.data.samples import Collator
-from gsva.model.build import build_gsva
+from gsva.pipeline import build_pipeline
 from gsva.model.losses import rejected_row_losses
 from gsva.model.trainable import is_trainable
 from tests.conftest import tiny_config
@@ -28,7 +28,8 @@ def make_batch(cfg, tokenizer, prompts, split="train", items=(0, 1), train=True)
 def test_gradients_only_on_trainable_set(synthetic_root, tokenizer_dir, lora_r):
     cfg = tiny_config(synthetic_root, tokenizer_dir, f"model.lora_r={lora_r}")
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(cfg)
+    pipeline = build_pipeline(cfg)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     batch, _ = make_batch(cfg, tokenizer, prompts)
     losses = model(batch)
     for value in (losses.total, losses.ce, losses.bce, losses.dice):
@@ -54,7 +55,8 @@ def test_gradients_only_on_trainable_set(synthetic_root, tokenizer_dir, lora_r):
 
 def test_slot_bookkeeping_with_several_conversations_per_image(config, synthetic_root):
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(config)
+    pipeline = build_pipeline(config)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     first, dataset = make_batch(config, tokenizer, prompts, items=(0,))
     second, _ = make_batch(config, tokenizer, prompts, items=(3,))
     # Image 0 carries two conversations (the second borrowed from item 3 with its own targets);
@@ -94,7 +96,8 @@ def test_slot_bookkeeping_with_several_conversations_per_image(config, synthetic
 
 def test_authors_mask_loss_counts_rejected_rows(config, synthetic_root, tokenizer_dir):
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(config)
+    pipeline = build_pipeline(config)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     batch, _ = make_batch(config, tokenizer, prompts, items=(0, 1, 2, 3))
     torch.manual_seed(1)
     authors = model(batch)
@@ -126,7 +129,8 @@ class ForcedHead(torch.nn.Module):
 def test_teacher_forced_decision_rule(config):
     """argmax == ground truth -> that token; anything else -> the opposite decision."""
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(config)
+    pipeline = build_pipeline(config)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     model.eval()
     batch, _ = make_batch(config, tokenizer, prompts, split="val", items=(0, 1), train=False)
     seg_id, rej_id = model.token_ids.seg_ids[0], model.token_ids.rej_id
@@ -149,7 +153,8 @@ def test_gradient_checkpointing_and_llama2_template(synthetic_root, tokenizer_di
     cfg = tiny_config(
         synthetic_root, tokenizer_dir, "model.lora_r=4", "model.gradient_checkpointing=true", "data.conversation=llava_llama_2"
     )
-    tokenizer, model, prompts = build_gsva(cfg)
+    pipeline = build_pipeline(cfg)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     assert prompts.template.name == "llava_llama_2"
     batch, _ = make_batch(cfg, tokenizer, prompts)
     assert "[/INST]" in tokenizer.decode([t for t in batch.input_ids[0].tolist() if t >= 0])
@@ -182,7 +187,8 @@ def test_bf16_model_trains_a_step(synthetic_root, tokenizer_dir):
 
     cfg = tiny_config(synthetic_root, tokenizer_dir, "model.precision=bf16")
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(cfg)
+    pipeline = build_pipeline(cfg)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     batch, _ = make_batch(cfg, tokenizer, prompts)
     losses = model(batch)
     losses.total.backward()
@@ -196,7 +202,7 @@ def test_right_padded_rows_need_no_padding_mask(config):
     """The training forward runs the decoder with the causal mask only: on right-padded rows the
     states of the real tokens equal those computed with the padding mask."""
     torch.manual_seed(0)
-    _, model, _ = build_gsva(config)
+    model = build_pipeline(config).model
     llava = model.mllm
     lengths = torch.tensor([23, 9, 17])
     embeds = torch.randn(3, 23, llava.hidden_size)
@@ -216,7 +222,7 @@ def test_vision_tower_guard_catches_doubled_hidden_states(config):
 
     from gsva.model.mllm import VisionTowerOutputError
 
-    _, model, _ = build_gsva(config)
+    model = build_pipeline(config).model
     llava = model.mllm
     images = torch.randint(0, 256, (1, 3, config.data.clip_image_size, config.data.clip_image_size), dtype=torch.uint8)
     features = llava.vision_features(images)

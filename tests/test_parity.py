@@ -30,14 +30,11 @@ import yaml
 from PIL import Image
 
 import gsva.model.gsva as gsva_module
-from gsva.config import load_config
-from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator, ConversationSample, ImageSample
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
-from gsva.engine.benchmarks import open_benchmark, parse_benchmark
-from gsva.engine.trainer import sample_settings
-from gsva.model.build import build_gsva
-from gsva.model.weights import load_trainable_weights
+from gsva.evaluation.benchmarks import open_benchmark, parse_benchmark
+from gsva.evaluation.settings import EvalSettings
+from gsva.pipeline import Pipeline, from_pretrained
 from tests.conftest import REPO, child_environment
 
 KIT_VARIABLE = "GSVA_PARITY_KIT"
@@ -108,11 +105,9 @@ def imported(tmp_path_factory) -> Path:
     return out
 
 
-def _model(imported: Path, *overrides: str):
-    cfg = load_config(imported / "config.yaml", list(overrides))
-    tokenizer, model, prompts = build_gsva(cfg)
-    load_trainable_weights(model, imported)
-    return cfg, tokenizer, model, prompts
+def _pipeline(imported: Path, *overrides: str) -> Pipeline:
+    """The imported model as ``eval.py`` loads it (``from_pretrained``)."""
+    return from_pretrained(imported, list(overrides))
 
 
 @dataclasses.dataclass
@@ -134,11 +129,9 @@ class Traced:
 def traced(imported) -> dict[str, Traced]:
     """Each kit evaluation image through the evaluation dataset, the collator and
     ``predict_teacher_forced`` (batch 1), with every stage recorded on the way."""
-    cfg, tokenizer, model, prompts = _model(imported)
-    model.eval()
-    dataset = open_benchmark(
-        parse_benchmark(BENCHMARK), KIT / "dataset", SampleBuilder(tokenizer, prompts, sample_settings(cfg)), PROMPT_STYLE
-    )
+    pipeline = _pipeline(imported)
+    cfg, tokenizer, model = pipeline.cfg, pipeline.tokenizer, pipeline.model
+    dataset = open_benchmark(parse_benchmark(BENCHMARK), KIT / "dataset", pipeline.builder, EvalSettings(prompt_style=PROMPT_STYLE))
     item_of_image = {image_id: item for item, image_id in enumerate(dataset.image_ids)}
     collate = Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)
     stages: dict[str, object] = {}
@@ -291,9 +284,10 @@ def test_training_losses_match_the_authors(imported, normalization):
     """LoRA dropout 0 and gradient checkpointing on, as the kit's losses were computed. The authors
     count each [REJ] row as an all-zero logit map in the BCE and DICE sums and in their divisor:
     our ``authors`` normalisation must give their losses, ``seg_only`` must not."""
-    cfg, tokenizer, model, _ = _model(
+    pipeline = _pipeline(
         imported, "model.lora_dropout=0", "model.gradient_checkpointing=true", f"model.mask_loss_normalization={normalization}"
     )
+    cfg, tokenizer, model = pipeline.cfg, pipeline.tokenizer, pipeline.model
     model.train()
     seg_id, rej_id = model.token_ids.seg_ids[0], model.token_ids.rej_id
     batch = _training_batch(Collator(tokenizer.pad_token_id, cfg.data.sam_image_size), cfg.data.clip_image_size, seg_id, rej_id)

@@ -2,13 +2,14 @@
 
 import torch
 
-from gsva.model.build import build_gsva
+from gsva.pipeline import build_pipeline
 from tests.test_model import make_batch
 
 
 def test_generate_matches_teacher_forced_on_a_memorised_answer(config):
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(config)
+    pipeline = build_pipeline(config)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     batch, _ = make_batch(config, tokenizer, prompts, split="val", items=(0,), train=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(150):
@@ -37,7 +38,8 @@ def test_generate_matches_teacher_forced_on_a_memorised_answer(config):
 def test_generate_batches_like_single_samples(config):
     """Left-padded batched generation gives the same answers and masks as one image at a time."""
     torch.manual_seed(0)
-    tokenizer, model, prompts = build_gsva(config)
+    pipeline = build_pipeline(config)
+    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     model.eval()
     batch, _ = make_batch(config, tokenizer, prompts, split="val", items=(0, 1, 2), train=False)
     together = model.generate(batch, max_new_tokens=12, tokenizer=tokenizer)

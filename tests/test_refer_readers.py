@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gsva.data.bad_samples import BadSampleError
-from gsva.data.refer import REFER_FORMATS, ReferIndex, images_dir, instances_path, refs_path
+from gsva.data.refer_seg.reader import REFER_FORMATS, ReferIndex, images_dir, instances_path, refs_path
 from gsva.data.safe_pickle import load_pickle
 from tests.formats.refer_formats import (
     ACCENTED_PLACE,

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from gsva.data.bad_samples import BadSampleError
-from gsva.data.conversation import get_template
-from gsva.data.prompts import SINGLE_ANSWERS, PromptSettings
+from gsva.text.conversation import get_template
+from gsva.text.prompts import SINGLE_ANSWERS, PromptSettings
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
-from gsva.data.tokenizer import add_task_tokens, load_tokenizer
-from gsva.engine.benchmarks import builder_for_style
-from gsva.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REJ_TOKEN, SEG_TOKEN
+from gsva.text.tokenizer import add_task_tokens, load_tokenizer
+from gsva.evaluation.benchmarks import builder_for_style
+from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REJ_TOKEN, SEG_TOKEN
 
 IMAGE = np.full((20, 30, 3), 100, dtype=np.uint8)
 

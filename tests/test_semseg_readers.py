@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gsva.data.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNUSED_IDS
-from gsva.data.semseg import (
+from gsva.data.sem_seg.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNUSED_IDS
+from gsva.data.sem_seg.reader import (
     SEMSEG_DATASETS,
     decoded_image_size,
     open_semseg_source,

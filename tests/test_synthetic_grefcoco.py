@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsva.data.refer import ReferIndex, expression_kind, images_dir, refs_path
+from gsva.data.refer_seg.reader import ReferIndex, expression_kind, images_dir, refs_path
 from gsva.data.masks import decode_segmentation, encode_rle, encode_uncompressed_rle
-from gsva.data.synthetic import (
+from gsva.demo.synthetic import (
     COLOURS,
     SPLITS,
     SyntheticSpec,

@@ -8,11 +8,11 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from gsva.data.conversation import get_template
-from gsva.data.prompts import format_slots, question_text
-from gsva.data.tokenize import tokenize_conversation
-from gsva.data.tokenizer import add_task_tokens, load_tokenizer
-from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from gsva.text.conversation import get_template
+from gsva.text.prompts import format_slots, question_text
+from gsva.text.tokenization import tokenize_conversation
+from gsva.text.tokenizer import add_task_tokens, load_tokenizer
+from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 
 TEXTS = [
     "[SEG]",

@@ -9,12 +9,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gsva.data.sample_builder import SampleBuilder
-from gsva.engine.benchmarks import parse_benchmark
-from gsva.engine.evaluator import EvalSettings
-from gsva.engine.report import evaluate_benchmark
-from gsva.engine.trainer import sample_settings, train
-from gsva.model.build import build_gsva
+from gsva.engine.trainer import train
+from gsva.evaluation.benchmarks import parse_benchmark
+from gsva.evaluation.report import evaluate_benchmark
+from gsva.evaluation.settings import EvalSettings
+from gsva.pipeline import build_pipeline
 from tests.conftest import REPO, child_environment, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -27,7 +26,7 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
         "run.num_visualizations=2", "optim.micro_batch_size=4", "optim.warmup_steps=5", "optim.lr=2e-3",
     )
     torch.manual_seed(0)
-    tokenizer, untrained, prompts = build_gsva(cfg)
+    pipeline = build_pipeline(cfg)
     result = train(cfg)
     history = result.history
     assert history[-1]["total"] < 0.6 * history[0]["total"]
@@ -35,12 +34,12 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
     assert [event.step for event in events.Scalars("eval_grefcoco:val/giou")] == [30, 60]
 
     trained_report = result.evaluations["grefcoco:val"]
-    untrained_builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
     untrained_report = evaluate_benchmark(
-        untrained, untrained_builder, parse_benchmark("grefcoco:val"), cfg.data.dataset_dir, EvalSettings(batch_size=4), result.device
+        pipeline.model, pipeline.builder, parse_benchmark("grefcoco:val"), cfg.data.dataset_dir, EvalSettings(batch_size=4), result.device
     )
     assert trained_report["metrics"]["gres"]["giou"] > untrained_report["metrics"]["gres"]["giou"] + 0.1
-    assert len(list((tmp_path / "run" / "eval_grefcoco_val" / "overlays").glob("*.png"))) == 2
+    assert len(list((tmp_path / "run" / "eval" / "grefcoco_val_teacher-forced_gsva" / "overlays").glob("*.png"))) == 2
+    assert (tmp_path / "run" / "config.yaml").is_file()  # the resolved config, written at launch
 
     command = [
         sys.executable, "eval.py", "--weights", str(result.weights), "--benchmark", "grefcoco:val",

@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
-from gsva.catalog import DATASET_TASKS
+from gsva.data.catalog import DATASETS
 from gsva.config import load_config
 from gsva.data.mixture import MixtureSampler
-from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator
-from gsva.engine.trainer import sample_settings, train, training_stream
-from gsva.model.build import build_gsva
-from gsva.special_tokens import IGNORE_INDEX
+from gsva.engine.trainer import train, training_stream
+from gsva.pipeline import build_pipeline
+from gsva.text.special_tokens import IGNORE_INDEX
 from tests.conftest import REPO, tiny_config
 from tests.formats import write_every_dataset
 
@@ -42,8 +41,8 @@ def mixture_config(root: Path, tokenizer_dir: Path, *overrides: str):
 
 def test_pretraining_mixture_draws_every_dataset_with_well_formed_samples(every_dataset, tokenizer_dir):
     cfg = mixture_config(every_dataset, tokenizer_dir)
-    tokenizer, _, prompts = build_gsva(cfg)
-    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    pipeline = build_pipeline(cfg)
+    tokenizer, builder = pipeline.tokenizer, pipeline.builder
     stream = training_stream(cfg, builder)
     seen: Counter = Counter()
     rejected_semantic = explained = 0
@@ -60,24 +59,24 @@ def test_pretraining_mixture_draws_every_dataset_with_well_formed_samples(every_
         assert [t == seg_id for t in slots] == list(conversation.slot_exists), name
         assert conversation.target_masks.shape[1:] == sample.original_size
         for mask, exists in zip(conversation.target_masks, conversation.slot_exists):
-            assert bool(mask.any()) == exists or (exists and DATASET_TASKS[name] == "reason_seg"), name
-        if DATASET_TASKS[name] == "vqa":
+            assert bool(mask.any()) == exists or (exists and DATASETS[name].task == "reason_seg"), name
+        if DATASETS[name].task == "vqa":
             assert not conversation.slot_exists
-        if DATASET_TASKS[name] == "sem_seg" and not all(conversation.slot_exists):
+        if DATASETS[name].task == "sem_seg" and not all(conversation.slot_exists):
             rejected_semantic += 1
         explained += conversation.metadata.get("explained", False)
-    assert set(seen) == set(DATASET_TASKS)
+    assert set(seen) == set(DATASETS)
     assert rejected_semantic > 0 and explained > 0
     by_task = Counter()
     for name, count in seen.items():
-        by_task[DATASET_TASKS[name]] += count
+        by_task[DATASETS[name].task] += count
     assert by_task["sem_seg"] > by_task["refer_seg"] > by_task["vqa"] > by_task["reason_seg"]
 
 
 def test_a_mixed_batch_keeps_masks_with_their_conversations(every_dataset, tokenizer_dir):
     cfg = mixture_config(every_dataset, tokenizer_dir, "optim.micro_batch_size=6")
-    tokenizer, model, prompts = build_gsva(cfg)
-    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
+    pipeline = build_pipeline(cfg)
+    model, builder = pipeline.model, pipeline.builder
     stream = training_stream(cfg, builder)
     loader = DataLoader(stream, batch_sampler=MixtureSampler(6, 0, 1), collate_fn=Collator(builder.pad_token_id, 64))
     batches = iter(loader)

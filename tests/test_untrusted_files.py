@@ -201,7 +201,7 @@ def test_pretrained_loaders_cannot_be_handed_trust_remote_code():
 def test_tokenizer_directory_with_custom_code_is_refused(tokenizer_dir, tmp_path, monkeypatch):
     """A tokenizer directory that asks to run its own Python class: transformers' default refuses
     it (the user declines at its prompt, or there is no prompt) and the code never runs."""
-    from gsva.data.tokenizer import load_tokenizer
+    from gsva.text.tokenizer import load_tokenizer
 
     marker = tmp_path / "payload_ran"
     directory = tmp_path / "tokenizer"

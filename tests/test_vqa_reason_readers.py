@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gsva.data.llava_instruct import LlavaInstruct, remove_placeholder
-from gsva.data.reason_seg import ReasonSegIndex, explanations_path, split_dir
-from gsva.special_tokens import IMAGE_PLACEHOLDER
+from gsva.data.vqa.reader import LlavaInstruct, remove_placeholder
+from gsva.data.reason_seg.reader import ReasonSegIndex, explanations_path, split_dir
+from gsva.text.special_tokens import IMAGE_PLACEHOLDER
 from tests.formats.vqa_reason_formats import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,

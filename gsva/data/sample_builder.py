@@ -17,13 +17,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from gsva.data.bad_samples import BadSampleError
-from gsva.data.prompts import (
+from gsva.text.prompts import (
     EVAL_SINGLE_ANSWER,
     EXPLAIN_SUFFIXES,
     SENTENCE_QUESTIONS,
@@ -35,9 +35,12 @@ from gsva.data.prompts import (
     sample_train_phrasing,
 )
 from gsva.data.samples import ConversationSample, ImageSample
-from gsva.data.tokenize import TokenizedConversation, tokenize_conversation
+from gsva.text.tokenization import TokenizedConversation, tokenize_conversation
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
-from gsva.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN
+from gsva.text.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN
+
+if TYPE_CHECKING:  # the config validates dataset names through the catalog, which builds samples
+    from gsva.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,19 @@ class SampleSettings:
     """Chance that a sample with exactly one target uses the classic single-``[SEG]`` phrasing."""
     explanatory_rate: float = 0.0
     """Reasoning segmentation: chance that an answer carries its explanation (when one exists)."""
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> "SampleSettings":
+        """The settings of a config's ``data`` section."""
+        return cls(
+            sam_image_size=data.sam_image_size,
+            clip_image_size=data.clip_image_size,
+            max_tokens=data.model_max_length,
+            num_classes_per_sample=data.num_classes_per_sample,
+            absent_class_rate=data.absent_class_rate,
+            single_target_rate=data.single_target_rate,
+            explanatory_rate=data.explanatory_rate,
+        )
 
 
 PER_TARGET_METADATA = ("kinds", "keys", "ann_ids", "class_ids")
@@ -95,6 +111,10 @@ class SampleBuilder:
         self._seg_ids = frozenset(tokenizer.convert_tokens_to_ids(prompts.seg_tokens))
         rej_id = tokenizer.convert_tokens_to_ids(REJ_TOKEN) if prompts.use_rej_token else None
         self._slot_ids = self._seg_ids | ({rej_id} if rej_id is not None else set())
+
+    def with_prompts(self, **changes: Any) -> "SampleBuilder":
+        """The same builder with some prompt settings changed (e.g. ``eval_question``)."""
+        return SampleBuilder(self.tokenizer, replace(self.prompts, **changes), self.settings)
 
     @property
     def pad_token_id(self) -> int:

@@ -10,7 +10,7 @@ import torch
 
 from gsva.batch import GsvaBatch
 from gsva.feature_cache import FeatureCache, image_key
-from gsva.special_tokens import IGNORE_INDEX
+from gsva.text.special_tokens import IGNORE_INDEX
 
 
 @dataclass

@@ -36,15 +36,14 @@ from safetensors import safe_open
 from torch import nn
 
 from gsva.config import Config, load_config
-from gsva.data.tokenizer import load_tokenizer
+from gsva.text.tokenizer import load_tokenizer
 from gsva.atomic import write_json_atomic
 from gsva.engine.checkpointing import resolve_resume
-from gsva.engine.components import ComponentPaths
 from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_file
-from gsva.model.build import build_gsva
 from gsva.model.gsva import GsvaModel
 from gsva.model.mllm import save_llava_checkpoint
 from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_weights_dir
+from gsva.pipeline import build_pipeline
 from gsva.model.trainable import apply_trainable_policy
 
 LOGGER = logging.getLogger(__name__)
@@ -77,18 +76,6 @@ def find_run_config(checkpoints: Path) -> Path:
     raise FileNotFoundError(
         f"no config.yaml found for {checkpoints} (looked in {run_dir / 'final'} and {run_dir}); pass --config"
     )
-
-
-def run_config(config_file: Path, overrides: list[str]) -> Config:
-    """The config as the run used it: component paths of the tiny demo filled in as training does."""
-    cfg = load_config(config_file, overrides)
-    if cfg.components.enabled and cfg.model.llava_path is None:
-        paths = ComponentPaths.under(cfg.components.output_dir)
-        if not paths.complete():
-            raise FileNotFoundError(f"the run's pretrained tiny components are missing under {cfg.components.output_dir}")
-        model = replace(cfg.model, llava_path=str(paths.llava_dir), sam_checkpoint=str(paths.sam_checkpoint), sam_type="tiny")
-        cfg = replace(cfg, model=model)
-    return cfg
 
 
 def consolidated_fp32_state(checkpoints: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -189,10 +176,10 @@ def export_checkpoint(
     """Consolidate ``checkpoint`` into the model directory ``out`` (see the module docstring)."""
     checkpoints, tag = locate_checkpoint(checkpoint)
     out = Path(out)
-    cfg = run_config(Path(config) if config else find_run_config(checkpoints), overrides or [])
+    cfg = load_config(Path(config) if config else find_run_config(checkpoints), overrides or [])
     LOGGER.info("consolidating %s", checkpoints / tag)
     state = consolidated_fp32_state(checkpoints, tag)
-    _, model, _ = build_gsva(cfg)
+    model = build_pipeline(cfg).model
     trainable = load_consolidated(model, state, checkpoints / tag)
     del state
     model.eval()

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from gsva.batch import GsvaBatch
 from gsva.config import Config
 from gsva.data.mixture import FullPassStream
-from gsva.data.registry import open_training_dataset
+from gsva.data.catalog import dataset_entry
 from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator, ImageSample
 from gsva.engine.distributed import is_main, rank, world_size
@@ -69,7 +69,7 @@ class _KeyedCollator:
 def all_training_images(cfg: Config, builder: SampleBuilder) -> FullPassStream:
     """One full pass over every dataset of every task of ``cfg.data.tasks``."""
     datasets = [
-        open_training_dataset(name, cfg.data.dataset_dir, cfg.data.train_split, builder)
+        dataset_entry(name).open_training(cfg.data.dataset_dir, cfg.data.train_split, builder)
         for spec in cfg.data.tasks.values()
         for name in spec.datasets
     ]

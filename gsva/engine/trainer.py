@@ -1,7 +1,7 @@
 """The training recipe: DeepSpeed (ZeRO-2 by default) on CUDA/NCCL or CPU/gloo, one code path.
 
-Reads top to bottom: prepare data (and, for the tiny demo, pretrain the tiny components), build
-tokenizer + model, wrap in DeepSpeed with AdamW + warm-up/linear-decay, loop over micro-batches,
+Reads top to bottom: write the resolved config to ``<output_dir>/config.yaml``, build tokenizer +
+model, wrap in DeepSpeed with AdamW + warm-up/linear-decay, loop over micro-batches,
 log to TensorBoard, evaluate every ``run.eval_every`` steps (or each epoch), save DeepSpeed
 checkpoints and a consolidated ``model.safetensors`` of the trainable weights, then evaluate.
 """
@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,31 +22,27 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from gsva.batch import GsvaBatch
-from gsva.config import Config, check_global_batch, config_to_dict, rejection_ablation_datasets
+from gsva.config import Config, check_global_batch, rejection_ablation_datasets
 from gsva.data.bad_samples import BadSampleTally
+from gsva.data.catalog import dataset_entry
 from gsva.data.mixture import FullPassSampler, FullPassStream, MixtureSampler, MixtureStream
-from gsva.data.prompts import PromptSettings
-from gsva.data.registry import open_training_dataset
-from gsva.data.sample_builder import SampleBuilder, SampleSettings
+from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator
-from gsva.data.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
-from gsva.engine.benchmarks import parse_benchmark
 from gsva.engine.checkpointing import all_finite, load_rng_state, prune_checkpoints, remove_staging, resolve_resume, save_checkpoint
-from gsva.engine.components import ComponentPaths, prepare_components
 from gsva.engine.deepspeed_files import check_deepspeed_files
 from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
-from gsva.engine.evaluator import EvalSettings
 from gsva.engine.interruptions import NonFiniteGuard, StopRequest, agree
-from gsva.engine.report import evaluate_benchmark
+from gsva.evaluation.benchmarks import parse_benchmark
+from gsva.evaluation.report import evaluate_benchmark
+from gsva.evaluation.settings import EvalSettings
 from gsva.feature_cache import FeatureCache
-from gsva.model.build import build_gsva
 from gsva.model.encoder_features import encoder_layout
 from gsva.model.gsva import GsvaModel
-from gsva.model.pretrained import save_pretrained
+from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_config
 from gsva.model.weights import load_trainable_weights
+from gsva.pipeline import build_pipeline
 
 LOGGER = logging.getLogger(__name__)
 SAM_SIDE = ("visual_model.", "query_projector.")
@@ -57,8 +53,8 @@ class TrainResult:
     cfg: Config
     """The configuration as run (component paths filled in)."""
     model: GsvaModel
-    tokenizer: PreTrainedTokenizerBase
-    prompts: PromptSettings
+    builder: SampleBuilder
+    """The tokenizer and prompts of the model, and the sample settings of the config."""
     device: torch.device
     steps: int
     history: list[dict[str, float]]
@@ -74,25 +70,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def prepare_inputs(cfg: Config) -> Config:
-    """Write the synthetic set and pretrain the tiny components when the config asks for them
-    (rank 0 works, the others wait); returns the config pointing at the component files."""
-    if is_main():
-        if cfg.data.synthetic is not None:
-            spec = SyntheticSpec(**config_to_dict(cfg)["data"]["synthetic"])
-            if not synthetic_dataset_exists(cfg.data.dataset_dir, spec):
-                LOGGER.info("writing the synthetic dataset to %s", cfg.data.dataset_dir)
-                write_synthetic_grefcoco(cfg.data.dataset_dir, spec)
-        if cfg.components.enabled:
-            prepare_components(cfg)
-    barrier()
-    if not cfg.components.enabled:
-        return cfg
-    paths = ComponentPaths.under(cfg.components.output_dir)
-    model = replace(cfg.model, llava_path=str(paths.llava_dir), sam_checkpoint=str(paths.sam_checkpoint), sam_type="tiny")
-    return replace(cfg, model=model)
 
 
 def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -139,24 +116,11 @@ def warmup_linear_decay(warmup_steps: int, total_steps: int):
     return multiplier
 
 
-def sample_settings(cfg: Config) -> SampleSettings:
-    data = cfg.data
-    return SampleSettings(
-        sam_image_size=data.sam_image_size,
-        clip_image_size=data.clip_image_size,
-        max_tokens=data.model_max_length,
-        num_classes_per_sample=data.num_classes_per_sample,
-        absent_class_rate=data.absent_class_rate,
-        single_target_rate=data.single_target_rate,
-        explanatory_rate=data.explanatory_rate,
-    )
-
-
 def training_stream(cfg: Config, builder: SampleBuilder) -> MixtureStream | FullPassStream:
     """``schedule.mode: steps`` -> the weighted task mixture; ``epochs`` -> full passes over
     every listed dataset (the tasks' weights then play no role)."""
     tasks = {
-        task: [open_training_dataset(name, cfg.data.dataset_dir, cfg.data.train_split, builder) for name in spec.datasets]
+        task: [dataset_entry(name).open_training(cfg.data.dataset_dir, cfg.data.train_split, builder) for name in spec.datasets]
         for task, spec in cfg.data.tasks.items()
     }
     for task, datasets in tasks.items():
@@ -219,19 +183,17 @@ def evaluate_benchmarks(
 ) -> dict[str, dict[str, Any] | None]:
     """Score ``run.eval_benchmarks`` (default: ``data.eval_dataset:data.eval_split``) with the
     teacher-forced protocol on every rank; the final evaluation also writes its reports and
-    overlays under ``<output_dir>/eval_<dataset>_<split>``."""
+    overlays under ``<output_dir>/eval`` (named as ``eval.py`` names them)."""
     specs = cfg.run.eval_benchmarks or [f"{cfg.data.eval_dataset}:{cfg.data.eval_split}"]
-    summaries = {}
-    for benchmark in map(parse_benchmark, specs):
-        settings = EvalSettings(
-            batch_size=cfg.run.eval_batch_size,
-            visualize=cfg.run.num_visualizations if final else 0,
-            output_dir=str(Path(cfg.run.output_dir) / f"eval_{benchmark.dataset}_{benchmark.split}") if final else None,
-        )
-        summaries[benchmark.name] = evaluate_benchmark(
-            model, builder, benchmark, cfg.data.dataset_dir, settings, device, writer=writer, step=step
-        )
-    return summaries
+    settings = EvalSettings(
+        batch_size=cfg.run.eval_batch_size,
+        visualize=cfg.run.num_visualizations if final else 0,
+        output_root=str(Path(cfg.run.output_dir) / "eval") if final else None,
+    )
+    return {
+        benchmark.name: evaluate_benchmark(model, builder, benchmark, cfg.data.dataset_dir, settings, device, writer, step)
+        for benchmark in map(parse_benchmark, specs)
+    }
 
 
 def resume_from(engine, checkpoint_dir: Path, resume: str | None) -> tuple[int, Path | None]:
@@ -310,12 +272,14 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         LOGGER.warning("model.use_rej_token=false: the no-target expressions of %s are left out of the training prompts", ablated)
     seed_everything(cfg.run.seed + rank())
     output_dir = Path(cfg.run.output_dir)
-    cfg = prepare_inputs(cfg)
-    tokenizer, model, prompts = build_gsva(cfg)
+    if is_main():
+        write_config(cfg, output_dir / CONFIG_NAME)  # the resolved config, for export and resume
+        LOGGER.info("config as run (also in %s):\n%s", output_dir / CONFIG_NAME, (output_dir / CONFIG_NAME).read_text())
+    pipeline = build_pipeline(cfg)
+    model, builder = pipeline.model, pipeline.builder
     if cfg.model.init_weights is not None:
         load_trainable_weights(model, cfg.model.init_weights)
         LOGGER.info("started from the weights in %s", cfg.model.init_weights)
-    builder = SampleBuilder(tokenizer, prompts, sample_settings(cfg))
     feature_cache = open_feature_cache(cfg, model)
     stream = training_stream(cfg, builder)
     total_steps = total_optimizer_steps(training_sampler(stream, cfg, 0), cfg)
@@ -395,7 +359,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
                 "and --resume auto", stopped_by, engine.global_steps, checkpoint_dir / f"step{engine.global_steps}",
             )
         return TrainResult(
-            cfg=cfg, model=engine.module, tokenizer=tokenizer, prompts=prompts, device=device,
+            cfg=cfg, model=engine.module, builder=builder, device=device,
             steps=engine.global_steps, history=history, weights=checkpoint_dir, writer=writer,
             evaluations={}, stopped_by=stopped_by,
         )
@@ -407,7 +371,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     barrier()
     evaluations = evaluate_benchmarks(cfg, engine.module, builder, device, writer, engine.global_steps, final=True) if cfg.run.eval_at_end else {}
     return TrainResult(
-        cfg=cfg, model=engine.module, tokenizer=tokenizer, prompts=prompts, device=device,
+        cfg=cfg, model=engine.module, builder=builder, device=device,
         steps=engine.global_steps, history=history, weights=final_dir / "model.safetensors", writer=writer,
         evaluations=evaluations,
     )

@@ -26,19 +26,11 @@ from gsva.model.mask_decoding import decode_masks, postprocess_masks
 from gsva.model.mllm import LlavaModel
 from gsva.model.pixels import normalize_sam_images
 from gsva.model.query_projector import QueryProjector
-from gsva.special_tokens import IGNORE_INDEX
+from gsva.text.special_tokens import IGNORE_INDEX
+from gsva.text.vocabulary import SlotTokenIds
 
 
 SAM_IMAGES_PER_CHUNK = 4
-
-
-@dataclass(frozen=True)
-class SlotTokenIds:
-    seg_ids: tuple[int, ...]
-    """One shared ``[SEG]`` id, or the individual ``[SEGnnn]`` ids (slot i uses i mod N)."""
-    rej_id: int | None
-    eos_id: int
-    pad_id: int
 
 
 @dataclass

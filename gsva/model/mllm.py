@@ -25,7 +25,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 from gsva.config import TinyDims
 from gsva.model.pixels import normalize_clip_images
-from gsva.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 LLAVA_KEYS = (

@@ -12,8 +12,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from gsva.config import Config, DataConfig, ModelConfig, RunConfig, TinyDims
-from gsva.data.prompts import PromptSettings
-from gsva.model.build import DTYPES, build_gsva
+from gsva.text.prompts import PromptSettings
+from gsva.model.build import DTYPES
+from gsva.pipeline import build_pipeline
 from gsva.model.gsva import GsvaModel
 
 REFERENCE_VOCAB = 32000
@@ -104,5 +105,6 @@ def build_reference_model(
     on CUDA the weights are created on the device in the precision's dtype."""
     cfg = reference_config(shape, tokenizer_dir, precision, seed, gradient_checkpointing)
     with building_on(device, DTYPES[precision] if device == "cuda" else torch.float32):
-        tokenizer, model, prompts = build_gsva(cfg)
+        pipeline = build_pipeline(cfg)
+        tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     return tokenizer, model.to(device), prompts, cfg

@@ -31,7 +31,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from gsva.config import ModelConfig
-from gsva.model.gsva import GsvaModel, SlotTokenIds
+from gsva.model.gsva import GsvaModel
+from gsva.text.vocabulary import SlotTokenIds
 from gsva.model.mllm import LLAVA_KEYS, LlavaModel, build_projector
 from gsva.model.sam import build_sam
 from gsva.model.trainable import add_lora, apply_trainable_policy

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from gsva.data.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES
+from gsva.data.sem_seg.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES
 from gsva.data.masks import decode_segmentation, encode_rle
 
 ClassName = str | tuple[str, str]

@@ -60,8 +60,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from gsva.data.doctor import OpenedDataset, check_image
 from gsva.data.bad_samples import BadSampleError
-from gsva.data.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNUSED_IDS
+from gsva.data.sem_seg.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNUSED_IDS
 from gsva.data.masks import decode_segmentation, union_of_masks
 
 ClassName = str | tuple[str, str]
@@ -464,3 +465,21 @@ def open_semseg_source(name: str, dataset_root: Path | str, split: str = "train"
     if split not in splits:
         raise ValueError(f"{name}: no split {split!r}; available: {', '.join(splits)}")
     return opener(Path(dataset_root), split)
+
+
+def check_sem_seg(name: str, root: Path) -> OpenedDataset:
+    """The dataset opened for the data doctor: its counts and every file training would read, each
+    with the function that reads it as training would."""
+    source = open_semseg_source(name, root, "train")
+
+    def check(item: int) -> Callable[[], None]:
+        def run() -> None:
+            targets = source.read_targets(item)
+            check_image(source.image_path(item), (targets.height, targets.width))
+            for class_id in targets.class_ids:
+                targets.mask(class_id)
+
+        return run
+
+    counts = {"train/images": len(source), "classes": len(source.class_names)}
+    return OpenedDataset(counts, [(source.image_path(i), check(i)) for i in range(len(source))])

@@ -4,7 +4,7 @@ Images show coloured shapes (circle, square, triangle) on a noisy grey
 background; each expression names one colour ("red shapes") or a pair of
 colours ("red and blue"). An expression refers to every object of its
 colour(s): none (no-target), one (single) or several (multi). The dataset is
-written in the gRefCOCO on-disk format, so :class:`gsva.data.refer.ReferIndex`
+written in the gRefCOCO on-disk format, so :class:`gsva.data.refer_seg.reader.ReferIndex`
 reads it like the real one.
 
 Everything is reproducible bit for bit: each split draws from its own
@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gsva.data.refer import (
+from gsva.data.refer_seg.reader import (
     EXPRESSION_KINDS,
     NO_TARGET_ANN_ID,
     expression_kind,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from gsva.data.reason_seg import ReasonSegIndex
-from gsva.data.prompts import EVAL_SINGLE_QUESTIONS
+from gsva.data.reason_seg.reader import ReasonSegIndex
+from gsva.text.prompts import EVAL_SINGLE_QUESTIONS
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import ImageSample
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gsva.special_tokens import IMAGE_PLACEHOLDER
+from gsva.data.doctor import OpenedDataset, check_image
+from gsva.text.special_tokens import IMAGE_PLACEHOLDER
 
 DEFAULT_FILE_NAME = "llava_instruct_150k.json"
 ROLES = ("human", "gpt")
@@ -153,3 +154,16 @@ def _image_first(turns: list[Turn], where: str) -> list[Turn]:
     tidied = [(remove_placeholder(human), remove_placeholder(gpt)) for human, gpt in turns]
     first_human, first_gpt = tidied[0]
     return [(f"{IMAGE_PLACEHOLDER}\n{first_human}", first_gpt), *tidied[1:]]
+
+
+def check_vqa(name: str, root: Path) -> OpenedDataset:
+    """The dataset opened for the data doctor: its counts and every file training would read, each
+    with the function that reads it as training would."""
+    records = LlavaInstruct(root)
+    paths = sorted({records[i].image_path for i in range(len(records))})
+    counts = {
+        "train/conversations": len(records),
+        "train/turns": sum(len(records[i].turns) for i in range(len(records))),
+        "train/images": len(paths),
+    }
+    return OpenedDataset(counts, [(path, lambda path=path: check_image(path)) for path in paths])

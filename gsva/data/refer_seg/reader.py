@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from gsva.data.doctor import OpenedDataset, check_image
 from gsva.data.bad_samples import BadSampleError
 from gsva.data.masks import decode_segmentation, union_of_masks
 from gsva.data.safe_pickle import load_pickle
@@ -353,3 +354,27 @@ def _is_rle_list(segmentation: Any) -> bool:
     if not isinstance(segmentation, list) or len(segmentation) == 0:
         return False
     return all(isinstance(part, dict) for part in segmentation)
+
+
+def check_refer_seg(name: str, root: Path) -> OpenedDataset:
+    """The dataset opened for the data doctor: its counts and every file training would read, each
+    with the function that reads it as training would."""
+    index = ReferIndex(root, name)
+    counts: dict[str, int] = {}
+    image_ids: set[int] = set()
+    for split in index.splits:
+        for key, value in index.count_summary(split).items():
+            counts[f"{split}/{key}"] = value
+        image_ids.update(index.image_ids(split))
+
+    def check(image_id: int) -> Callable[[], None]:
+        def run() -> None:
+            record = index.image(image_id)
+            check_image(index.image_path(image_id), (record.height, record.width))
+            for split in index.splits:
+                for expression in index.expressions(image_id, split):
+                    index.target_mask(image_id, expression.ann_ids)
+
+        return run
+
+    return OpenedDataset(counts, [(index.image_path(i), check(i)) for i in sorted(image_ids)])

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from gsva.data.refer import ReferIndex, ReferringExpression
-from gsva.data.prompts import EVAL_SINGLE_QUESTIONS
+from gsva.data.refer_seg.reader import ReferIndex, ReferringExpression
+from gsva.text.prompts import EVAL_SINGLE_QUESTIONS
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import ImageSample
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from gsva.data.conversation import ConversationTemplate
-from gsva.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
+from gsva.text.conversation import ConversationTemplate
+from gsva.text.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
 
 TRAIN_QUESTIONS = (
     "Please segment {objs} in this image.",

@@ -40,12 +40,15 @@ Decisions:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from gsva.data.doctor import FileCheck, OpenedDataset, check_image
 
 REASON_SEG_SPLITS = ("train", "val", "test")
 EXPLAINED_SPLIT = "train"
@@ -259,3 +262,26 @@ def _read_explanations(path: Path) -> dict[str, str]:
             raise ValueError(f"{path} entry #{position}: expected an object with strings 'image' and 'outputs'")
         explanations[entry["image"]] = entry["outputs"]
     return explanations
+
+
+def check_reason_seg(name: str, root: Path) -> OpenedDataset:
+    """The dataset opened for the data doctor: its counts and every file training would read, each
+    with the function that reads it as training would."""
+    counts: dict[str, int] = {}
+    files: list[FileCheck] = []
+    for split in REASON_SEG_SPLITS:
+        index = ReasonSegIndex(root, split)
+        counts[f"{split}/images"] = len(index)
+        counts[f"{split}/sentence_queries"] = sum(index[i].is_sentence for i in range(len(index)))
+        if split == "train":
+            counts["train/explained"] = sum(index[i].explanation is not None for i in range(len(index)))
+
+        def check(index: ReasonSegIndex, item: int) -> Callable[[], None]:
+            def run() -> None:
+                height, width = check_image(index[item].image_path)
+                index.read_mask(index[item], height, width)
+
+            return run
+
+        files.extend((index[i].image_path, check(index, i)) for i in range(len(index)))
+    return OpenedDataset(counts, files)

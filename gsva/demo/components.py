@@ -31,20 +31,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gsva.config import Config
-from gsva.data.conversation import get_template
-from gsva.data.refer import ReferIndex
-from gsva.data.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
+from gsva.text.conversation import get_template
+from gsva.data.refer_seg.reader import ReferIndex
+from gsva.text.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
 from gsva.data.samples import pad_sam_images, pad_sequences
-from gsva.data.synthetic import DATASET_NAME, attributes_path
-from gsva.data.tokenize import tokenize_conversation
-from gsva.data.tokenizer import train_tiny_bpe
+from gsva.demo.synthetic import DATASET_NAME, attributes_path
+from gsva.text.tokenization import tokenize_conversation
+from gsva.text.tokenizer import train_tiny_bpe
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
 from gsva.model.losses import bce_per_mask, dice_per_mask
 from gsva.model.mask_decoding import decode_masks, postprocess_masks
 from gsva.model.mllm import LlavaModel, build_tiny_llava, save_llava_checkpoint
-from gsva.model.pixels import normalize_clip_images, normalize_sam_images
+from gsva.model.pixels import normalize_sam_images
 from gsva.model.sam import build_tiny_sam
-from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER
 
 LOGGER = logging.getLogger(__name__)
 COLOUR_QUESTION = "What colours are in this image?"

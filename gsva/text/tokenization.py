@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from gsva.data.conversation import RenderedConversation
-from gsva.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from gsva.text.conversation import RenderedConversation
+from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import random
 
 import numpy as np
 
-from gsva.data.prompts import EVAL_SINGLE_QUESTIONS
+from gsva.text.prompts import EVAL_SINGLE_QUESTIONS
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import ImageSample
-from gsva.data.semseg import ClassName, SemSegSource, SemSegTargets, phrase_class
+from gsva.data.sem_seg.reader import ClassName, SemSegSource, SemSegTargets, phrase_class
 
 MAX_DRAWS_FOR_LABELLED_IMAGE = 20
 

@@ -14,7 +14,7 @@ from typing import Iterable
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from gsva.special_tokens import (
+from gsva.text.special_tokens import (
     IM_END_TOKEN,
     IM_START_TOKEN,
     REJ_TOKEN,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from gsva.data.llava_instruct import LlavaInstruct
+from gsva.data.vqa.reader import LlavaInstruct
 from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import ImageSample
 

@@ -1,0 +1,38 @@
+"""What the CPU demo needs before training: the synthetic dataset and the tiny pretrained
+components that stand in for the downloaded checkpoints of the real recipe.
+
+``train.py`` calls ``prepare_demo`` before ``train``; a config without ``data.synthetic`` and with
+``components.enabled: false`` (every real recipe) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from gsva.config import Config, config_to_dict
+from gsva.demo.components import ComponentPaths, prepare_components
+from gsva.demo.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
+from gsva.engine.distributed import barrier, init_distributed, is_main
+
+LOGGER = logging.getLogger(__name__)
+
+
+def prepare_demo(cfg: Config) -> Config:
+    """Write the synthetic set and pretrain the tiny components when the config asks for them
+    (rank 0 works, the others wait); returns the config pointing at the component files."""
+    init_distributed()
+    if is_main():
+        if cfg.data.synthetic is not None:
+            spec = SyntheticSpec(**config_to_dict(cfg)["data"]["synthetic"])
+            if not synthetic_dataset_exists(cfg.data.dataset_dir, spec):
+                LOGGER.info("writing the synthetic dataset to %s", cfg.data.dataset_dir)
+                write_synthetic_grefcoco(cfg.data.dataset_dir, spec)
+        if cfg.components.enabled:
+            prepare_components(cfg)
+    barrier()
+    if not cfg.components.enabled:
+        return cfg
+    paths = ComponentPaths.under(cfg.components.output_dir)
+    model = replace(cfg.model, llava_path=str(paths.llava_dir), sam_checkpoint=str(paths.sam_checkpoint), sam_type="tiny")
+    return replace(cfg, model=model)

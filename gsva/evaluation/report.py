@@ -1,0 +1,91 @@
+"""Evaluate one benchmark end to end and report: the table on stdout, ``metrics.json``,
+``records.jsonl``, overlays and TensorBoard scalars (rank 0 writes, each file atomically), in
+``EvalSettings.report_dir`` (one naming for training and ``eval.py``).
+
+With a report folder and a weights file (``EvalSettings.weights``), the evaluation is resumable
+(``gsva.evaluation.resume``): restarted after an interruption with the same folder, it scores only
+the images not finished before, and reports the same metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from gsva.atomic import write_json_atomic, write_jsonl_atomic
+from gsva.data.sample_builder import SampleBuilder
+from gsva.engine.distributed import rank, world_size
+from gsva.evaluation.benchmarks import Benchmark, benchmark_evaluator, open_benchmark
+from gsva.evaluation.loop import run_evaluation
+from gsva.evaluation.resume import PartialRecords, model_layout, remove_partials, weights_identity
+from gsva.evaluation.settings import EvalSettings
+from gsva.model.gsva import GsvaModel
+
+
+def evaluation_fingerprint(
+    model: GsvaModel, dataset: Any, benchmark: Benchmark, dataset_root: str | Path, settings: EvalSettings
+) -> dict[str, Any]:
+    """What the records of one evaluation depend on: a resumed evaluation must match all of it."""
+    return {
+        "benchmark": benchmark.name,
+        "dataset_root": str(Path(dataset_root).resolve()),
+        "num_items": len(dataset),
+        "protocol": settings.protocol,
+        "max_new_tokens": settings.max_new_tokens,
+        "prompt_style": settings.prompt_style,
+        "one_expression_per_prompt": settings.one_expression_per_prompt,
+        "prompts": asdict(dataset.builder.prompts),
+        "samples": asdict(dataset.builder.settings),
+        "weights": weights_identity(settings.weights),
+        "model": model_layout(model),
+        "world_size": world_size(),
+    }
+
+
+def evaluate_benchmark(
+    model: GsvaModel,
+    builder: SampleBuilder,
+    benchmark: Benchmark,
+    dataset_root: str | Path,
+    settings: EvalSettings,
+    device: torch.device,
+    writer: SummaryWriter | None = None,
+    step: int = 0,
+) -> dict[str, Any] | None:
+    """Score ``benchmark``; rank 0 prints and writes the report and returns it (others: None)."""
+    dataset = open_benchmark(benchmark, dataset_root, builder, settings)
+    evaluator = benchmark_evaluator(benchmark, dataset, settings)
+    output = settings.report_dir(benchmark.dataset, benchmark.split)
+    resumable = output is not None and settings.weights is not None
+    fingerprint = evaluation_fingerprint(model, dataset, benchmark, dataset_root, settings) if resumable else {}
+    with (PartialRecords(output, rank(), fingerprint) if resumable else nullcontext()) as partial:
+        overlay_dir = output / "overlays" if output is not None else None
+        run_evaluation(model, dataset, evaluator, settings, device, builder.tokenizer, partial, overlay_dir)
+    records, summary = evaluator.evaluate()
+    if summary is None:
+        return None
+    summary.update(
+        benchmark=benchmark.name,
+        protocol=settings.protocol,
+        prompt_style=settings.prompt_style,
+        question=dataset.builder.prompts.eval_question,
+        settings=asdict(settings),
+    )
+    print(evaluator.format_summary(summary, settings.protocol, benchmark.name))
+    if output is not None:
+        write_jsonl_atomic(output / "records.jsonl", records)
+        write_json_atomic(output / "metrics.json", summary)
+        remove_partials(output)  # after the report: an interruption before this leaves them to resume from
+        overlays = f" and overlays in {output / 'overlays'}" if settings.visualize else ""
+        print(f"wrote {output / 'metrics.json'}, {output / 'records.jsonl'}{overlays}")
+    if writer is not None:
+        for key, value in evaluator.headline(summary).items():
+            if key in evaluator.columns and value is not None:
+                writer.add_scalar(f"eval_{benchmark.name}/{key}", value, step)
+        writer.flush()
+    return summary
