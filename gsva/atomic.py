@@ -1,4 +1,4 @@
-"""Files written whole or not at all (reports, pointers, manifests).
+"""Files written whole or not at all (reports, configs, weights, pointers, manifests, images).
 
 Each file is written to a temporary file in its own directory, flushed to disk, then renamed over
 the destination (``os.replace``, atomic on one file system): a reader, or a run interrupted at any
@@ -7,11 +7,15 @@ point, sees either the previous file or the new one, never a part of it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
+
+import torch
+from safetensors.torch import save as safetensors_bytes
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -58,3 +62,15 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
 def write_jsonl_atomic(path: str | Path, rows: Iterable[Any]) -> None:
     """Replace ``path`` with one JSON document per line, atomically."""
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_safetensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Replace ``path`` with ``tensors`` in the safetensors format (contiguous copies), atomically."""
+    write_bytes_atomic(path, safetensors_bytes({name: tensor.contiguous() for name, tensor in tensors.items()}, metadata={"format": "pt"}))
+
+
+def write_torch_atomic(path: str | Path, payload: Any) -> None:
+    """Replace ``path`` with ``torch.save(payload)``, atomically."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from gsva.data.catalog import DATASETS, TASKS, check_benchmark, datasets_of_task
+from gsva.demo.settings import ComponentPretrainConfig, SyntheticSpec
 
 
 class ConfigError(ValueError):
@@ -36,25 +37,6 @@ class RunConfig:
     eval_every: int = 0
     eval_each_epoch: bool = False
     eval_batch_size: int = 8
-
-
-@dataclass
-class SyntheticConfig:
-    """Spec of the synthetic generalized-referring set (see ``gsva.demo.synthetic.SyntheticSpec``)."""
-
-    seed: int = 0
-    image_size: int = 64
-    num_images: dict[str, int] = field(
-        default_factory=lambda: {"train": 3000, "val": 300, "testA": 150, "testB": 150}
-    )
-    min_objects: int = 2
-    max_objects: int = 4
-    min_object_size: int = 16
-    max_object_size: int = 26
-    repeat_colour_prob: float = 0.35
-    absent_expression_prob: float = 0.6
-    pair_expression_prob: float = 0.15
-    segmentation_format: Literal["polygon", "mixed"] = "polygon"
 
 
 @dataclass
@@ -89,7 +71,7 @@ class DataConfig:
     feature_cache: Optional[str] = None
     on_bad_sample: Literal["error", "skip"] = "error"
     max_bad_samples: int = 100
-    synthetic: Optional[SyntheticConfig] = None
+    synthetic: Optional[SyntheticSpec] = None
 
 
 @dataclass
@@ -170,25 +152,6 @@ class ScheduleConfig:
 
 
 @dataclass
-class ComponentPretrainConfig:
-    """Short pretraining of the tiny components (stand-ins for SAM's and LLaVA's own pretraining)."""
-
-    enabled: bool = False
-    output_dir: str = "runs/tiny_components"
-    sam_steps: int = 400
-    sam_lr: float = 3e-3
-    clip_steps: int = 300
-    clip_lr: float = 3e-3
-    llava_steps: int = 400
-    llava_lr: float = 2e-3
-    batch_size: int = 16
-    min_sam_iou: float = 0.0
-    """Held-out floors each stage must reach, or the run stops (0 = report only)."""
-    min_clip_patch_accuracy: float = 0.0
-    min_checklist_accuracy: float = 0.0
-
-
-@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -258,7 +221,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in values.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a section's own checks (e.g. the synthetic spec's)
+        raise ConfigError(f"{prefix or 'config'}: {error}") from None
 
 
 def _apply_override(tree: dict[str, Any], override: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gsva.data.samples import Collator
-from gsva.engine.host_syncs import HostSyncCounter
+from gsva.bench.host_syncs import HostSyncCounter
 from gsva.engine.precompute import all_training_images, precompute_features
 from gsva.engine.trainer import open_feature_cache, train
 from gsva.feature_cache import FeatureCache

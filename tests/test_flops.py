@@ -8,8 +8,8 @@ from gsva.demo.synthetic import COLOURS
 from gsva.text.tokenizer import train_tiny_bpe
 from gsva.demo.components import tokenizer_corpus
 from gsva.pipeline import build_pipeline
-from gsva.model.flops import clip_flops, llm_flops, sam_encoder_flops
-from gsva.model.reference_shapes import reference_config
+from gsva.bench.flops import clip_flops, llm_flops, sam_encoder_flops
+from gsva.bench.shapes import reference_config
 
 
 @pytest.fixture(scope="module")

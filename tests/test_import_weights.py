@@ -1,11 +1,10 @@
 """The authors' released weights (GSVA .bin, LISA merged HF dir) import exactly, or not at all.
 
 Tiny checkpoints are written in the real layouts from the released key list
-(``shared/bench/gsva_released_keys_tiny.json``: every key, shape and dtype of gsva-7b at the tiny
+(``tests/fixtures/gsva_released_keys_tiny.json``: every key, shape and dtype of gsva-7b at the tiny
 dims, in today's peft naming and in the names of their files).
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,10 +17,12 @@ from transformers import CLIPVisionConfig, LlamaConfig
 
 from gsva.config import config_to_dict, load_config
 from gsva.pipeline import build_pipeline
-from gsva.model.reference_shapes import TINY_REFERENCE_DIMS, reference_config
+from gsva.bench.shapes import TINY_REFERENCE_DIMS, reference_config
+from gsva.bench.workload import prepare_tokenizer
+from gsva.model import released_import
 from gsva.model.released import (
     ReleasedWeightsError,
-    load_released_state,
+    mapped_state,
     map_released_state,
     read_released_state,
     released_name,
@@ -29,21 +30,9 @@ from gsva.model.released import (
 from gsva.model.weights import load_trainable_weights
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS_FILE = next(
-    (root / "shared" / "bench" / "gsva_released_keys_tiny.json" for root in (REPO, REPO.parent)
-     if (root / "shared" / "bench" / "gsva_released_keys_tiny.json").is_file()),
-    None,
-)
-pytestmark = pytest.mark.skipif(KEYS_FILE is None, reason="shared/bench/gsva_released_keys_tiny.json not present")
+KEYS_FILE = Path(__file__).parent / "fixtures" / "gsva_released_keys_tiny.json"
 BASE_VOCAB = 32000
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _random_tensor(shape: list[int], generator: torch.Generator) -> torch.Tensor:
@@ -54,8 +43,7 @@ def _random_tensor(shape: list[int], generator: torch.Generator) -> torch.Tensor
 def bases(tmp_path_factory):
     """LLaVA dir (config + 32000-entry tokenizer, no weights needed), CLIP config dir, base YAML."""
     root = tmp_path_factory.mktemp("bases")
-    bench = _load_script("bench_eval")
-    tokenizer_dir = bench.prepare_tokenizer(root, seed=0)
+    tokenizer_dir = prepare_tokenizer(root, seed=0)
     llava = root / "llava"
     llava.mkdir()
     for name in TOKENIZER_FILES:
@@ -146,7 +134,7 @@ def test_gsva_bin_imports_exactly(bases, tmp_path, naming):
     source = gsva_state(naming)
     torch.save(source, tmp_path / "gsva-7b-ft-gres.bin")
     out = tmp_path / "imported"
-    assert _load_script("import_weights").main(import_args("gsva-bin", tmp_path / "gsva-7b-ft-gres.bin", bases, out)) == 0
+    assert released_import.main(import_args("gsva-bin", tmp_path / "gsva-7b-ft-gres.bin", bases, out)) == 0
     cfg = load_config(out / "config.yaml")
     assert (cfg.model.sam_type, cfg.model.lora_r, cfg.model.use_rej_token) == ("tiny", 8, True)
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.model.precision == "fp32"
@@ -188,14 +176,12 @@ def test_missing_misshaped_and_unplaced_keys_are_reported_and_refused(bases, tmp
     assert [(source_key, ours) for source_key, ours, _, _ in report.shape_mismatches] == [
         ("base_model.model.model.mm_projector.weight", "mllm.mm_projector.weight")]
     assert report.ignored == ["base_model.model.model.layers.0.self_attn.rotary_emb.inv_freq"]
-    before = model.visual_model.mask_decoder.mask_tokens.weight.clone()
     with pytest.raises(ReleasedWeightsError, match="(?s)extra_head.*iou_token.*mm_projector"):
-        load_released_state(model, broken, "gsva-bin")
-    assert torch.equal(model.visual_model.mask_decoder.mask_tokens.weight, before)  # nothing copied
-    assert load_released_state(model, source, "gsva-bin").ok
+        mapped_state(broken, report)
+    assert map_released_state(source, "gsva-bin", expected).ok
 
     torch.save(broken, tmp_path / "broken.bin")
-    script = _load_script("import_weights")
+    script = released_import
     assert script.main(import_args("gsva-bin", tmp_path / "broken.bin", bases, tmp_path / "out")) == 1
     assert not (tmp_path / "out").exists()
 
@@ -205,7 +191,7 @@ def test_token_rows_must_match_the_tokenizer(bases, tmp_path):
     for key in ("base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"):
         source[key] = source[key][: BASE_VOCAB + 3]  # a file without one of the four task tokens
     torch.save(source, tmp_path / "gsva.bin")
-    script = _load_script("import_weights")
+    script = released_import
     assert script.main(import_args("gsva-bin", tmp_path / "gsva.bin", bases, tmp_path / "out")) == 1
     assert not (tmp_path / "out").exists()
 

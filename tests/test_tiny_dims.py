@@ -1,43 +1,31 @@
-"""The evaluation bench builds GSVA at exactly the authors' tiny reference dimensions.
+"""The benchmarks build GSVA at exactly the authors' tiny reference dimensions.
 
-``scripts/bench_eval.py`` compares its timings with the official code run at the dims of
-``shared/bench/tiny_dims.json``; the parameter list of that official model is in
-``shared/bench/gsva_released_keys_tiny.json`` (compared name by name when the file is present).
+The reference dims are in ``tests/fixtures/tiny_dims.json`` (those at which the authors' code is
+timed) and the parameter list of that model, in their release's names, in
+``tests/fixtures/gsva_released_keys_tiny.json`` (compared name by name).
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from gsva.bench.shapes import build_reference_model
+from gsva.bench.workload import prepare_tokenizer
 from gsva.config import TinyDims
 from gsva.model.mllm import build_tiny_llava
 from gsva.model.released import released_name
 from gsva.model.sam import build_tiny_sam
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH_FILES = [root / "shared" / "bench" for root in (REPO, REPO.parent)]
-
-
-def _bench_file(name: str) -> Path | None:
-    return next((folder / name for folder in BENCH_FILES if (folder / name).is_file()), None)
-
-
-def _load_bench_script():
-    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "scripts" / "bench_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
 def bench_model(tmp_path_factory):
-    bench = _load_bench_script()
-    tokenizer_dir = bench.prepare_tokenizer(tmp_path_factory.mktemp("bench_eval"), seed=0)
-    tokenizer, model, prompts, cfg = bench.build_bench_model("tiny", tokenizer_dir, "fp32", seed=0)
-    return tokenizer, model, prompts
+    tokenizer_dir = prepare_tokenizer(tmp_path_factory.mktemp("bench"), seed=0)
+    tokenizer, model, prompts, _ = build_reference_model("tiny", tokenizer_dir, "fp32", seed=0)
+    return tokenizer, model.eval(), prompts
 
 
 def _ours(released: str) -> str:
@@ -80,9 +68,7 @@ def test_bench_model_key_shapes(bench_model):
     assert len(tokenizer) == 32004 and prompts.use_im_start_end
     assert all(tensor.dtype == torch.float32 for tensor in model.state_dict().values() if tensor.is_floating_point())
 
-    released_file = _bench_file("gsva_released_keys_tiny.json")
-    if released_file is None:
-        pytest.skip("shared/bench/gsva_released_keys_tiny.json not present: named shapes checked only")
+    released_file = FIXTURES / "gsva_released_keys_tiny.json"
     released = {_ours(entry["key"]): tuple(entry["shape"]) for entry in json.loads(released_file.read_text())["keys"]}
     assert {name: shapes.get(name) for name in released} == released
     extra = {name for name, _ in model.named_parameters()} - set(released)
@@ -94,15 +80,13 @@ def test_bench_model_hyperparameters(bench_model):
     llm, clip = model.mllm.language_model.config, model.mllm.vision_tower.config
     encoder = model.visual_model.image_encoder
     transformer = model.visual_model.mask_decoder.transformer
-    dims_file = _bench_file("tiny_dims.json")
-    reference = json.loads(dims_file.read_text()) if dims_file else None
-    if reference is not None:
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                    "intermediate_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
-            assert getattr(llm, key) == reference["llm_llama"][key], key
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                    "patch_size", "image_size", "hidden_act"):
-            assert getattr(clip, key) == reference["clip_vision"][key], key
+    reference = json.loads((FIXTURES / "tiny_dims.json").read_text())
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
+        assert getattr(llm, key) == reference["llm_llama"][key], key
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "patch_size", "image_size", "hidden_act"):
+        assert getattr(clip, key) == reference["clip_vision"][key], key
     assert (llm.num_attention_heads, llm.max_position_embeddings) == (4, 2048)
     assert (clip.num_attention_heads, clip.hidden_act, clip.image_size) == (4, "quick_gelu", 224)
     assert model.mllm.use_im_start_end and model.mllm.select_layer == -2 and model.mllm.projector_type == "linear"

@@ -151,7 +151,6 @@ def test_reason_seg_items_and_masks(reason_root: tuple[Path, dict], split: str) 
         mask = index.read_mask(item, IMAGE_HEIGHT, IMAGE_WIDTH)
         assert mask.dtype == bool and mask.shape == (IMAGE_HEIGHT, IMAGE_WIDTH)
         np.testing.assert_array_equal(mask, want.target)
-        np.testing.assert_array_equal(index.read_ignore(item, IMAGE_HEIGHT, IMAGE_WIDTH), want.ignore)
 
 
 def test_reason_seg_conventions_visible_in_the_fixture(reason_root: tuple[Path, dict]) -> None:

@@ -128,11 +128,6 @@ class MixtureStream:
     def __getitem__(self, draw: int) -> ImageSample:
         return _sample_with_policy(lambda attempt: self.choose(draw, attempt), self.on_bad_sample)
 
-    def task_shares(self) -> dict[str, float]:
-        """Expected share of samples per task."""
-        total = sum(self.weights)
-        return {name: weight / total for name, weight in zip(self.task_names, self.weights)}
-
 
 class FullPassStream:
     """Every image of every dataset once per epoch; keys are (epoch, position)."""

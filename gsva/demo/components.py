@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from gsva.atomic import write_torch_atomic
 from gsva.config import Config
 from gsva.text.conversation import get_template
 from gsva.data.refer_seg.reader import ReferIndex
@@ -378,8 +379,6 @@ def prepare_components(cfg: Config) -> ComponentPaths:
     )
     llava = pretrain_llava(cfg, data, held_out, tokenizer, generator)
     save_llava_checkpoint(llava, paths.llava_dir, paths.clip_dir)
-    partial = paths.sam_checkpoint.with_suffix(".pth.partial")
-    torch.save(sam.state_dict(), partial)
-    partial.rename(paths.sam_checkpoint)
+    write_torch_atomic(paths.sam_checkpoint, sam.state_dict())  # last: it marks the components complete
     LOGGER.info("tiny components ready in %.0fs", time.time() - start)
     return paths

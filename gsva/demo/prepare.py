@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from gsva.config import Config, config_to_dict
+from gsva.config import Config
 from gsva.demo.components import ComponentPaths, prepare_components
-from gsva.demo.synthetic import SyntheticSpec, synthetic_dataset_exists, write_synthetic_grefcoco
+from gsva.demo.synthetic import synthetic_dataset_exists, write_synthetic_grefcoco
 from gsva.engine.distributed import barrier, init_distributed, is_main
 
 LOGGER = logging.getLogger(__name__)
@@ -23,11 +23,10 @@ def prepare_demo(cfg: Config) -> Config:
     (rank 0 works, the others wait); returns the config pointing at the component files."""
     init_distributed()
     if is_main():
-        if cfg.data.synthetic is not None:
-            spec = SyntheticSpec(**config_to_dict(cfg)["data"]["synthetic"])
-            if not synthetic_dataset_exists(cfg.data.dataset_dir, spec):
-                LOGGER.info("writing the synthetic dataset to %s", cfg.data.dataset_dir)
-                write_synthetic_grefcoco(cfg.data.dataset_dir, spec)
+        spec = cfg.data.synthetic
+        if spec is not None and not synthetic_dataset_exists(cfg.data.dataset_dir, spec):
+            LOGGER.info("writing the synthetic dataset to %s", cfg.data.dataset_dir)
+            write_synthetic_grefcoco(cfg.data.dataset_dir, spec)
         if cfg.components.enabled:
             prepare_components(cfg)
     barrier()

@@ -15,9 +15,8 @@ the same JSON and the same JPEG bytes.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,11 @@ from gsva.data.refer_seg.reader import (
     instances_path,
     refs_path,
 )
+from gsva.atomic import write_bytes_atomic, write_text_atomic
+from gsva.demo.settings import COLOURS, SPLITS, SyntheticSpec
 from gsva.data.masks import decode_segmentation, encode_rle, encode_uncompressed_rle
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 190, 60),
-    "blue": (50, 80, 230),
-    "yellow": (230, 220, 50),
-    "purple": (150, 60, 200),
-    "cyan": (50, 210, 220),
-}
 SHAPES = ("circle", "square", "triangle")
-SPLITS = ("train", "val", "testA", "testB")
-SEGMENTATION_FORMATS = ("polygon", "mixed")
 
 DATASET_NAME = "grefcoco"
 SPLIT_BY = "unc"
@@ -64,58 +55,6 @@ OBJECT_GAP = 1
 JPEG_QUALITY = 95
 # Annotation segmentation forms cycled through by the "mixed" format.
 MIXED_FORMAT_CYCLE = ("polygon", "compressed_rle", "uncompressed_rle")
-
-
-def _default_num_images() -> dict[str, int]:
-    return {"train": 3000, "val": 300, "testA": 150, "testB": 150}
-
-
-@dataclass
-class SyntheticSpec:
-    """Everything that determines the generated dataset."""
-
-    seed: int = 0
-    image_size: int = 64
-    num_images: dict[str, int] = field(default_factory=_default_num_images)
-    colours: tuple[str, ...] = tuple(COLOURS)
-    min_objects: int = 2
-    max_objects: int = 4
-    min_object_size: int = 16
-    max_object_size: int = 26
-    repeat_colour_prob: float = 0.35
-    absent_expression_prob: float = 0.6
-    pair_expression_prob: float = 0.15
-    segmentation_format: str = "polygon"
-
-    def __post_init__(self) -> None:
-        self.colours = tuple(self.colours)
-        unknown_splits = sorted(set(self.num_images) - set(SPLITS))
-        if unknown_splits:
-            raise ValueError(f"num_images: unknown splits {unknown_splits}, expected keys among {SPLITS}")
-        if any(count < 0 for count in self.num_images.values()):
-            raise ValueError(f"num_images: counts must be >= 0, got {self.num_images}")
-        unknown_colours = [name for name in self.colours if name not in COLOURS]
-        if unknown_colours:
-            raise ValueError(f"colours: unknown names {unknown_colours}, expected names from {tuple(COLOURS)}")
-        if len(set(self.colours)) < 2:
-            raise ValueError(f"colours: expected at least 2 distinct colours, got {self.colours}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f"min_objects/max_objects: expected 1 <= min <= max, got {self.min_objects}, {self.max_objects}"
-            )
-        if not 1 <= self.min_object_size <= self.max_object_size <= self.image_size:
-            raise ValueError(
-                "min_object_size/max_object_size: expected 1 <= min <= max <= image_size, got "
-                f"{self.min_object_size}, {self.max_object_size} (image_size {self.image_size})"
-            )
-        for name in ("repeat_colour_prob", "absent_expression_prob", "pair_expression_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
-        if self.segmentation_format not in SEGMENTATION_FORMATS:
-            raise ValueError(
-                f"segmentation_format: expected one of {SEGMENTATION_FORMATS}, got {self.segmentation_format!r}"
-            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -425,14 +364,12 @@ def _spec_as_json(spec: SyntheticSpec) -> dict[str, Any]:
 
 def _write_jpeg(path: Path, image: np.ndarray) -> None:
     """Write an RGB uint8 ``(H, W, 3)`` image as JPEG."""
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
-        raise OSError(f"could not write JPEG image {path}")
+    encoded, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not encoded:
+        raise OSError(f"could not encode JPEG image {path}")
+    write_bytes_atomic(path, data.tobytes())
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file so that a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload), encoding="utf-8")
-    os.replace(temporary, path)
+    """Compact JSON, written atomically (a reader never sees half a file)."""
+    write_text_atomic(path, json.dumps(payload))

@@ -37,7 +37,7 @@ from torch import nn
 
 from gsva.config import Config, load_config
 from gsva.text.tokenizer import load_tokenizer
-from gsva.atomic import write_json_atomic
+from gsva.atomic import write_json_atomic, write_torch_atomic
 from gsva.engine.checkpointing import resolve_resume
 from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_file
 from gsva.model.gsva import GsvaModel
@@ -150,7 +150,7 @@ def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]
     save_llava_checkpoint(model.mllm, llava_dir, clip_dir)
     # The base tokenizer (task tokens are added again on load, with the same ids).
     load_tokenizer(cfg.model.tokenizer_path or cfg.model.llava_path, cfg.data.model_max_length).save_pretrained(str(llava_dir))
-    torch.save({name: tensor.cpu() for name, tensor in model.visual_model.state_dict().items()}, sam_file)
+    write_torch_atomic(sam_file, {name: tensor.cpu() for name, tensor in model.visual_model.state_dict().items()})
     model_cfg = replace(
         cfg.model,
         llava_path=str(llava_dir.resolve()),

@@ -42,10 +42,10 @@ from gsva.model.encoder_features import encoder_layout
 from gsva.model.gsva import GsvaModel
 from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_config
 from gsva.model.weights import load_trainable_weights
+from gsva.model.trainable import SAM_SIDE_TRAINED
 from gsva.pipeline import build_pipeline
 
 LOGGER = logging.getLogger(__name__)
-SAM_SIDE = ("visual_model.", "query_projector.")
 
 
 @dataclass
@@ -100,7 +100,7 @@ def parameter_groups(model: GsvaModel, cfg: Config) -> list[dict[str, Any]]:
     llm, sam_side = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (sam_side if name.startswith(SAM_SIDE) else llm).append(parameter)
+            (sam_side if name.startswith(SAM_SIDE_TRAINED) else llm).append(parameter)
     groups = [{"params": llm, "lr": cfg.optim.lr}, {"params": sam_side, "lr": cfg.optim.lr * cfg.optim.sam_side_lr_scale}]
     return [group for group in groups if group["params"]]
 

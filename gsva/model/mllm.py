@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from gsva.atomic import write_json_atomic, write_safetensors_atomic
 from gsva.config import TinyDims
 from gsva.model.pixels import normalize_clip_images
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -240,15 +240,15 @@ def save_llava_checkpoint(llava: LlavaModel, output_dir: str | Path, vision_towe
     output_dir, vision_tower_dir = Path(output_dir), Path(vision_tower_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     llava.vision_tower.save_pretrained(str(vision_tower_dir))
-    state = {name: tensor.contiguous() for name, tensor in llava.language_model.state_dict().items()}
-    state.update({f"model.mm_projector.{name}": tensor.contiguous() for name, tensor in llava.mm_projector.state_dict().items()})
-    save_file(state, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
+    state = dict(llava.language_model.state_dict())
+    state.update({f"model.mm_projector.{name}": tensor for name, tensor in llava.mm_projector.state_dict().items()})
+    write_safetensors_atomic(output_dir / "model.safetensors", state)
     config = llava.language_model.config.to_dict()
     config.update(llava.llava_config())
     config.update(
         {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "mm_vision_tower": str(vision_tower_dir)}
     )
-    (output_dir / "config.json").write_text(json.dumps(config, indent=2))
+    write_json_atomic(output_dir / "config.json", config)
 
 
 def _read_projector_state(path: Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ Two source layouts:
 
 ``map_released_state`` translates the names and checks them against the names and shapes our
 model expects; the report lists what went where, what was not placed, what is missing and what
-has the wrong shape. ``load_released_state`` refuses any of these: never a silent partial load.
+has the wrong shape. ``mapped_state`` refuses any of these: never a silent partial load.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+from gsva.atomic import write_json_atomic, write_safetensors_atomic, write_torch_atomic
 from gsva.config import ModelConfig
 from gsva.model.gsva import GsvaModel
 from gsva.text.vocabulary import SlotTokenIds
@@ -196,17 +196,6 @@ def mapped_state(source: Mapping[str, torch.Tensor], report: MappingReport) -> d
     return {ours: source[key] for key, ours in report.mapped.items()}
 
 
-def load_released_state(model: nn.Module, source: Mapping[str, torch.Tensor], fmt: str) -> MappingReport:
-    """Copy ``source`` into ``model`` after a full check; raises ``ReleasedWeightsError`` otherwise."""
-    state = model.state_dict()
-    report = map_released_state(source, fmt, {name: tuple(tensor.shape) for name, tensor in state.items()})
-    report.raise_if_failed()
-    with torch.no_grad():
-        for key, ours in report.mapped.items():
-            state[ours].copy_(source[key].to(state[ours].dtype))
-    return report
-
-
 def infer_sam_type(source: Mapping[str, torch.Tensor], fmt: str) -> str:
     """'vit_h' | 'vit_l' | 'vit_b' from the image-encoder width; 'tiny' for any other width."""
     for key, tensor in source.items():
@@ -313,7 +302,7 @@ def write_imported(
 
     llm = {name.replace(".base_layer.", "."): tensor for name, tensor in _strip(ours, LLM_PREFIX).items() if ".lora_" not in name}
     llm.update({f"model.mm_projector.{name}": tensor for name, tensor in _strip(ours, PROJECTOR_PREFIX).items()})
-    save_file({name: tensor.contiguous() for name, tensor in llm.items()}, str(paths["llava"] / WEIGHTS_NAME), metadata={"format": "pt"})
+    write_safetensors_atomic(paths["llava"] / WEIGHTS_NAME, llm)
     config = dict(llava_config)
     config.update(
         {
@@ -323,14 +312,14 @@ def write_imported(
             "model_type": "llava",
         }
     )
-    (paths["llava"] / "config.json").write_text(json.dumps(config, indent=2))
+    write_json_atomic(paths["llava"] / "config.json", config)
 
     vision_tower = CLIPVisionModel(CLIPVisionConfig.from_pretrained(str(clip_config_dir)))
     vision_tower.load_state_dict(_strip(ours, CLIP_PREFIX), strict=True)
     vision_tower.save_pretrained(str(paths["clip"]))
 
-    torch.save({name: tensor.contiguous() for name, tensor in _strip(ours, SAM_PREFIX).items()}, paths["sam"])
+    write_torch_atomic(paths["sam"], {name: tensor.contiguous() for name, tensor in _strip(ours, SAM_PREFIX).items()})
 
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-    save_file({name: ours[name].contiguous() for name in trainable}, str(paths["weights"]), metadata={"format": "pt"})
+    write_safetensors_atomic(paths["weights"], {name: ours[name] for name in trainable})
     return paths

@@ -14,7 +14,9 @@ from torch import nn
 
 from gsva.config import ModelConfig
 
-ALWAYS_TRAINED = ("mask_decoder", "query_projector")
+SAM_SIDE_TRAINED = ("visual_model.mask_decoder.", "query_projector.")
+"""Trained whatever the LLM policy: SAM's mask decoder and the query projector that feeds it (the
+SAM side of the model, with its own learning rate in training)."""
 LLM_TRAINED_WITH_LORA = ("embed_tokens", "lm_head", "lora_")
 
 
@@ -34,7 +36,7 @@ def add_lora(language_model: nn.Module, cfg: ModelConfig) -> None:
 
 def is_trainable(name: str, cfg: ModelConfig) -> bool:
     """Whether parameter ``name`` of ``GsvaModel`` is trained under ``cfg``'s policy."""
-    if any(part in name for part in ALWAYS_TRAINED):
+    if name.startswith(SAM_SIDE_TRAINED):
         return True
     if not name.startswith("mllm.language_model."):
         return False

@@ -142,10 +142,6 @@ class ReasonSegIndex:
         """Target pixels of ``item``: bool ``(height, width)``."""
         return self._label_map(item, height, width) == _TARGET
 
-    def read_ignore(self, item: ReasonSegItem, height: int, width: int) -> np.ndarray:
-        """Pixels of ``item`` left out of evaluation (final label ignore): bool ``(height, width)``."""
-        return self._label_map(item, height, width) == _IGNORE
-
     def _label_map(self, item: ReasonSegItem, height: int, width: int) -> np.ndarray:
         if item.json_path not in self._polygons:
             raise ValueError(

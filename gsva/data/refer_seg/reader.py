@@ -199,7 +199,6 @@ class ReferIndex:
         self._annotations_of_image: dict[int, list[int]] = defaultdict(list)
         for ann_id, annotation in self._annotations.items():
             self._annotations_of_image[int(annotation["image_id"])].append(ann_id)
-        self._category_names = {int(cat["id"]): str(cat["name"]) for cat in instances["categories"]}
         self._expressions = self._index_expressions(refs)
 
     def _read_images(self, images: list[dict[str, Any]]) -> list[ImageRecord]:
@@ -330,9 +329,6 @@ class ReferIndex:
         return sorted(
             ann_id for ann_id in self._annotations_of_image.get(image_id, []) if not self._annotations[ann_id].get("iscrowd", 0)
         )
-
-    def category_names(self) -> dict[int, str]:
-        return dict(self._category_names)
 
     def _split(self, split: str) -> dict[int, list[ReferringExpression]]:
         if split not in self._expressions:

@@ -1,0 +1,585 @@
+"""Measure the GSVA training step: seconds per step split in phases, throughput, model FLOPs
+utilisation and peak memory, with and without the frozen-encoder feature cache.
+
+Shapes (random weights assembled by ``build_gsva``; LoRA r=8, alpha 16, dropout 0.05 on q/v; the
+trainable-parameter policy of ``apply_trainable_policy``; a BPE tokenizer of exactly 32000 entries
+trained locally, LLaMA's size, plus [SEG] [REJ] <im_start> <im_end>):
+
+- ``tiny`` (CPU, fp32): the authors' tiny CPU reference dims (the official benchmark harness's ``tiny_dims.json``):
+  LLaMA 256x4, CLIP 128x2 at 224 px, SAM ViT 128x2 at 1024 px with the standard prompt encoder and
+  mask decoder;
+- ``7b`` / ``13b`` (CUDA, bf16): LLaMA-7B / -13B decoder dims, CLIP ViT-L/14 at 224 px, SAM ViT-H.
+
+Gradient checkpointing of the LLM decoder layers is on (``--gradient-checkpointing off`` to
+compare). The optimizer is ``torch.optim.AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0)`` on the
+trainable parameters (fused on CUDA). A step is a micro-batch of 2 COCO-sized (640x480) images
+with ``--targets`` expressions each (at 5: 7 present targets answered [SEG] and 3 absent ones
+answered [REJ], as the reference step; otherwise 30 % absent), phrased at random by
+``SampleBuilder.segmentation``, built by ``--num-workers`` DataLoader workers (0: in the timing
+process) and collated by ``Collator``. Each configuration restarts from the same weights and the
+same images, so the losses of the runs with and without the cache are compared step by step.
+
+Phases of a step (CUDA events recorded in module hooks, read after the step; host clock on CPU):
+
+- ``data_wait``: waiting for the next collated batch (host clock; building it when there are no
+  workers), plus the copy to the device;
+- ``sam_encode``: pixel normalisation and SAM's image encoder (absent with the cache);
+- ``llm_forward``: CLIP tower (absent with the cache), mm projector, splice, LLM decoder, logits
+  and cross-entropy at the answer positions;
+- ``mask_forward``: query projector, batched mask decoding, upsampling, BCE + DICE;
+- ``mask_backward``: backward down to the query projector's input;
+- ``llm_backward``: the rest of the backward (LLM, with the recomputation of checkpointing);
+- ``optimizer``: ``optimizer.step()`` + ``zero_grad``.
+
+Model FLOPs per step (``gsva.bench.flops``, multiply-add = 2 FLOPs; N conversations of T_n tokens
+after the P patch features are spliced in, A supervised answer tokens, Q [SEG] queries, B images):
+LLM = 2·F_lin + 3·F_lora + 3·F_attn + 3·F_head with F_lin = Σ 2·T_n·W_lin (frozen decoder linear
+weights), F_lora = Σ 2·T_n·W_lora, F_attn = Σ 2·L·T_n²·d (causal), F_head = 2·A·d·V (frozen weights
+need activation gradients only, trained ones weight gradients too, attention backward = 2x);
+CLIP = B·[2·(P+1)·W_clip + 4·L_c·(P+1)²·d_c + 2·P·3·p²·d_c + 2·P·W_proj] (forward only); SAM
+encoder = B·[Σ_blocks (2·T_a·W_attn + 4·w_t·T_a·d_s + 2·T_a·(h+w)·d_s + 2·n·W_mlp) + 2·n·(3·16²·d_s +
+W_neck)] (forward only; T_a attended tokens, w_t tokens per window); mask decoder = 3·Q·F_dec with
+F_dec one query's forward counted by ``torch.utils.flop_counter``. Checkpointing's recomputation
+is not counted. MFU = model FLOPs / step seconds / the device's dense bf16 peak (H100/H200 SXM
+989.4 TFLOP/s, A100 312); the measured rate of an 8192³ bf16 matmul is reported beside it. With
+the cache the SAM and CLIP terms are not computed and not counted.
+
+Memory: peak RSS of a fresh process per configuration on the CPU; on CUDA
+``torch.cuda.max_memory_allocated`` per configuration (one process per shape, weights included).
+The ZeRO-2 per-GPU figure for 8 GPUs is an estimate: the measured peak minus this run's optimizer
+states and gradients (bf16, replicated here) plus 16 bytes per trainable parameter / 8 (DeepSpeed
+bf16 keeps an fp32 master copy, fp32 Adam moments and an fp32 gradient partition per rank).
+
+Host synchronisations: one extra step per shape under ``HostSyncCounter`` (calls that read a device
+value back, by package) and, on CUDA, under ``torch.cuda.set_sync_debug_mode`` (synchronising CUDA
+calls actually made, forward, backward and optimizer).
+
+Reference (authors' code, tiny dims, fp32, this 2-core CPU, 2 images x 5 targets): 26.4 s per step
+(forward 11.6, backward 13.0, optimizer 1.9), 3.3 GB peak RSS. Targets: <= 13 s without the
+feature cache, <= 8 s with it.
+
+    python scripts/bench_train.py                               # tiny, CPU, 5 targets, cache off and on
+    python scripts/bench_train.py --targets 1 5 10 --feature-cache off
+    python scripts/bench_train.py --shape 7b --device cuda --targets 1 3 5 8 10
+    python scripts/bench_train.py --device-check --json-out bench.json   # 7b sweep + 13b: 77-96 s on one H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gsva.atomic import write_json_atomic
+from gsva.batch import GsvaBatch
+from gsva.data.sample_builder import SampleBuilder, SampleSettings
+from gsva.data.samples import Collator
+from gsva.bench.host_syncs import HostSyncCounter, python_site
+from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
+from gsva.model.encoder_features import encode_features, encoder_layout
+from gsva.bench.flops import mask_decoder_flops_per_query, step_flops
+from gsva.bench.shapes import SHAPES, build_reference_model
+from gsva.bench.workload import IMAGE_HEIGHT, IMAGE_WIDTH, log, make_image, peak_rss_mib, prepare_tokenizer
+from gsva.model.gsva import GsvaModel
+
+AUTHORS_STEP_S = {"step": 26.4, "forward": 11.6, "backward": 13.0, "optimizer": 1.9}
+AUTHORS_PEAK_RSS_GB = 3.3
+TARGET_STEP_S = {"no_cache": 13.0, "cache": 8.0}
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+"""Dense bf16 peak of the SXM parts (datasheets), matched against the CUDA device name."""
+ABSENT_PER_STEP = {1: 0, 5: 3}
+"""Absent targets per 2 images (answered [REJ]); other counts: 30 % of the targets, rounded."""
+DEVICE_CHECK = {"7b": [1, 3, 5, 8, 10], "13b": [1, 5, 10]}
+"""The sweep of ``--device-check``: targets per image for each shape, cache off and on."""
+PHASES = ("data_wait", "sam_encode", "llm_forward", "mask_forward", "mask_backward", "llm_backward", "optimizer")
+CACHE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
+# ----------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny",
+                        help="tiny: the authors' tiny CPU reference (default); 7b / 13b: LLaVA-7B / -13B + SAM ViT-H (CUDA)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step runs (default cpu)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="model dtype (default: fp32 for tiny, bf16 for 7b and 13b)")
+    parser.add_argument("--targets", nargs="+", type=int, default=[5],
+                        help="expressions per image (micro-batch of 2 images); several values = a sweep "
+                             "(default 5: the reference, 7 [SEG] + 3 [REJ] per step)")
+    parser.add_argument("--feature-cache", choices=tuple(CACHE_MODES), default="both",
+                        help="time without the frozen-encoder cache, with it, or both (default both)")
+    parser.add_argument("--images-per-step", nargs="+", type=int, default=[2],
+                        help="micro-batch size in images (default 2, the paper's); several values = a sweep")
+    parser.add_argument("--gradient-checkpointing", nargs="+", choices=("on", "off"), default=["on"],
+                        help="activation checkpointing of the LLM decoder layers (default on; 'on off' = both)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (default 3, at least 3)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers building the batches (default: 0 on cpu, 4 on cuda)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch intra-op threads (default: the cores this process may use)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, images, expressions and phrasing")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench_train"),
+                        help="where the 32000-entry tokenizer is written (reused when already there)")
+    parser.add_argument("--device-check", action="store_true",
+                        help=f"the GPU check: shapes and targets {DEVICE_CHECK}, cache off and on, CUDA, bf16")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON report to this file")
+    parser.add_argument("--child", default=None, help="internal: JSON list of configurations to time in this process")
+    args = parser.parse_args(argv)
+    if args.device_check:
+        args.device = "cuda"
+    if args.precision is None:
+        args.precision = "fp32" if args.shape == "tiny" and not args.device_check else "bf16"
+    if args.num_workers is None:
+        args.num_workers = 4 if args.device == "cuda" else 0
+    if args.steps < 3:
+        parser.error("--steps must be >= 3")
+    if args.threads < 1 or min(args.targets) < 1 or min(args.images_per_step) < 1 or args.num_workers < 0:
+        parser.error("--threads, --images-per-step and every --targets value must be >= 1, --num-workers >= 0")
+    if args.shape != "tiny" and args.device != "cuda":
+        parser.error(f"--shape {args.shape} needs --device cuda (its random weights alone take tens of GB)")
+    if args.device == "cuda" and args.child is None and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    return args
+
+
+# ----------------------------------------------------------------- data
+def slot_layout(targets_per_image: int, images: int = 2) -> list[list[bool]]:
+    """Present/absent flags of the targets of the images of a step: for 2 images at 5 targets, 7
+    present and 3 absent in all (4+1 and 3+2), as the reference step."""
+    total = images * targets_per_image
+    absent = ABSENT_PER_STEP[targets_per_image] * images // 2 if targets_per_image in ABSENT_PER_STEP else round(0.3 * total)
+    flags = [index >= absent for index in range(total)]  # the first ``absent`` slots are absent
+    return [flags[index::images] for index in range(images)]  # spread over the images
+
+
+class BenchSteps(Dataset):
+    """Step ``index`` -> the collated micro-batch of that step (same images in every run of a seed)."""
+
+    def __init__(self, builder: SampleBuilder, collate: Collator, targets_per_image: int, images: int, seed: int) -> None:
+        self.builder = builder
+        self.collate = collate
+        self.layout = slot_layout(targets_per_image, images)
+        self.seed = seed
+
+    def samples(self, index: int) -> list:
+        rng = random.Random(f"{self.seed}/phrasing/{index}")
+        samples = []
+        for image_index, exists in enumerate(self.layout):
+            image, targets = make_image((index, image_index), self.seed, exists)
+            samples.append(self.builder.segmentation(image, targets, rng, {"image_id": f"{index}/{image_index}"}))
+        return samples
+
+    def __getitem__(self, index: int) -> GsvaBatch:
+        return self.collate(self.samples(index))
+
+
+def _unbatched(item: GsvaBatch) -> GsvaBatch:
+    return item
+
+
+# ----------------------------------------------------------------- timing
+class PhaseClock:
+    """Named boundaries of a step: CUDA events (no synchronisation until ``read``) or the host clock.
+
+    A mark closes the phase it names (the time since the previous mark is added to it). Module
+    hooks place the marks inside ``model(batch)`` and its backward.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, Any]] = []
+
+    def _now(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self.marks = [("start", self._now())]
+
+    def mark(self, phase: str) -> None:
+        if self.marks:
+            self.marks.append((phase, self._now()))
+
+    def read(self) -> dict[str, float]:
+        """Seconds per phase (synchronises with the device)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        seconds: dict[str, float] = {}
+        for (_, before), (phase, after) in zip(self.marks, self.marks[1:]):
+            elapsed = before.elapsed_time(after) / 1000 if self.cuda else after - before
+            seconds[phase] = seconds.get(phase, 0.0) + elapsed
+        self.marks = []
+        return seconds
+
+    def attach(self, model: GsvaModel) -> None:
+        encoder = model.visual_model.image_encoder
+        encoder.register_forward_pre_hook(lambda *_: self.mark("sam_encode"))  # closes the pixel normalisation
+        encoder.register_forward_hook(lambda *_: self.mark("sam_encode"))
+        model.query_projector.register_forward_pre_hook(lambda *_: self.mark("llm_forward"))
+        model.query_projector.register_full_backward_hook(lambda *_: self.mark("mask_backward"))
+
+
+def optimizer_for(model: GsvaModel, device: torch.device) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=device.type == "cuda")
+
+
+def timed_step(model: GsvaModel, optimizer: torch.optim.Optimizer, batches, clock: PhaseClock, device: torch.device):
+    """One training step: (seconds per phase + wall, losses, the host batch)."""
+    wall_start = time.perf_counter()
+    batch = next(batches)
+    on_device = batch.to(device)
+    data_wait = time.perf_counter() - wall_start
+    clock.start()
+    losses = model(on_device)
+    clock.mark("mask_forward")
+    losses.total.backward()
+    clock.mark("llm_backward")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    clock.mark("optimizer")
+    values = {name: float(getattr(losses, name).detach()) for name in ("total", "ce", "bce", "dice")}
+    seconds = {"data_wait": data_wait, **clock.read()}
+    seconds["wall"] = time.perf_counter() - wall_start
+    return seconds, values, batch
+
+
+def fill_cache(
+    model: GsvaModel, layout: FeatureLayout, steps: BenchSteps, count: int, directory: Path, device: torch.device
+) -> FeatureCache:
+    """The frozen-encoder features of the images of steps 0 .. count - 1, as precompute writes them."""
+    with FeatureCacheWriter(directory, layout, "bench") as writer:
+        for index in range(count):
+            samples = steps.samples(index)
+            sam, clip = encode_features(model, steps.collate(samples).to(device))
+            for sample, sam_row, clip_row in zip(samples, sam, clip):
+                writer.add(image_key(sample.sam_image, sample.clip_image), sam_row, clip_row)
+    return FeatureCache.open(directory)
+
+
+def batch_shape(batch: GsvaBatch, patches: int) -> dict[str, int]:
+    return {
+        "conversations": int(batch.input_ids.shape[0]),
+        "llm_tokens": int(batch.attention_mask.sum()) + batch.input_ids.shape[0] * (patches - 1),
+        "llm_tokens_padded": batch.input_ids.shape[0] * (batch.input_ids.shape[1] + patches - 1),
+        "answer_tokens": int(batch.answer_rows.numel()),
+        "seg": int(batch.seg_rows.numel()),
+        "rej": sum(batch.rejected_per_image),
+    }
+
+
+# ----------------------------------------------------------------- one process: one shape, several configurations
+def matmul_tflops(device: torch.device) -> float | None:
+    """Measured rate of an 8192³ bf16 matmul on random data (median of 10 after 3 warm-ups), CUDA only."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * 8192**3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def cuda_sync_sites(model: GsvaModel, optimizer: torch.optim.Optimizer, batch: GsvaBatch) -> Counter[str]:
+    """Synchronising CUDA calls of one step (``torch.cuda.set_sync_debug_mode``), by Python site."""
+    sites: Counter[str] = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" in str(message):
+            sites[python_site(skip=(__file__, warnings.__file__))] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(batch).total.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sites
+
+
+def count_host_syncs(model: GsvaModel, optimizer: torch.optim.Optimizer, batches, device: torch.device) -> dict[str, Any]:
+    """Read-backs of one step's forward + backward, and of its optimizer step, counted apart
+    (``HostSyncCounter``); on CUDA, the synchronising calls of a second step by site."""
+    batch = next(batches).to(device)
+    counters = {"forward_backward": HostSyncCounter(), "optimizer": HostSyncCounter()}
+    with counters["forward_backward"]:
+        model(batch).total.backward()
+    with counters["optimizer"]:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    project = Path(__file__).resolve().parents[1] / "gsva"
+    report: dict[str, Any] = {
+        part: {
+            "read_backs_by_package": counter.by_package(),
+            "read_backs_in_gsva": sum(counter.from_files_under(project).values()),
+            "sites": sorted({f"{name} {origin}" for (name, origin) in counter.events}),
+        }
+        for part, counter in counters.items()
+    }
+    if device.type == "cuda":
+        report["cuda_synchronizing_calls"] = dict(cuda_sync_sites(model, optimizer, next(batches).to(device)))
+    return report
+
+
+def run_child(args: argparse.Namespace) -> dict[str, Any]:
+    configs = json.loads(args.child)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    tokenizer, model, prompts, cfg = build_reference_model(
+        args.shape, args.work_dir / "tokenizer", args.precision, args.seed, args.device, args.gradient_checkpointing[0] == "on"
+    )
+    model.train()
+    build_s = time.perf_counter() - start
+    tower = model.mllm.vision_tower.config
+    patches = (tower.image_size // tower.patch_size) ** 2
+    builder = SampleBuilder(tokenizer, prompts, SampleSettings(sam_image_size=1024, clip_image_size=224, max_tokens=1024))
+    decoder_flops = mask_decoder_flops_per_query(model)
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    trainable = sum(p.numel() for p in initial.values())
+    clock = PhaseClock(device)
+    clock.attach(model)
+    peak_tflops = device_peak_tflops(device)
+    results, sync_report, layout = [], None, None
+    with tempfile.TemporaryDirectory(prefix="bench_train_cache_") as cache_root:
+        for targets, cached, images in configs:
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if parameter.requires_grad:
+                        parameter.copy_(initial[name])
+            optimizer = optimizer_for(model, device)
+            torch.manual_seed(args.seed)  # LoRA dropout: the same masks in every configuration
+            collate = Collator(tokenizer.pad_token_id, 1024)
+            steps = BenchSteps(builder, collate, targets, images, args.seed)
+            if cached:
+                layout = layout or encoder_layout(model)
+                directory = Path(cache_root) / f"targets{targets}-images{images}"
+                cache = fill_cache(model, layout, steps, args.steps + 1, directory, device)
+                steps = BenchSteps(builder, Collator(tokenizer.pad_token_id, 1024, cache), targets, images, args.seed)
+            loader = DataLoader(
+                steps, sampler=range(args.steps + 3), batch_size=None, collate_fn=_unbatched,
+                num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                prefetch_factor=4 if args.num_workers else None,
+            )
+            batches = iter(loader)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            warm_seconds, warm_losses, _ = timed_step(model, optimizer, batches, clock, device)
+            load_before = os.getloadavg()[0]
+            timed = [timed_step(model, optimizer, batches, clock, device) for _ in range(args.steps)]
+            result = summarize(timed, model, decoder_flops, patches, cached, peak_tflops)
+            result.update({
+                "targets_per_image": targets,
+                "images_per_step": images,
+                "gradient_checkpointing": args.gradient_checkpointing[0] == "on",
+                "warmup": {"s": round(warm_seconds["wall"], 3), "losses": {k: round(v, 6) for k, v in warm_losses.items()}},
+                "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            })
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                states = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+                grads_bytes = sum(p.numel() * p.element_size() for p in initial.values())
+                result["cuda_max_allocated_gib"] = round(peak / 2**30, 2)
+                result["zero2_8gpu_per_gpu_gib_estimate"] = round((peak - states - grads_bytes + 16 * trainable / 8) / 2**30, 2)
+            else:
+                result["peak_rss_mib"] = round(peak_rss_mib())
+            if sync_report is None:
+                sync_report = count_host_syncs(model, optimizer, batches, device)
+            results.append(result)
+            print(f"[bench_train] {args.shape} targets {targets} images {images} cache {'on' if cached else 'off'} "
+                  f"checkpointing {args.gradient_checkpointing[0]}: {result['s_per_step']} s/step, "
+                  f"MFU {result['mfu']}", file=sys.stderr, flush=True)
+            del batches, loader, optimizer
+    return {
+        "shape": args.shape,
+        "build_s": round(build_s, 1),
+        "results": results,
+        "host_syncs": sync_report,
+        "matmul_bf16_tflops_measured": matmul_tflops(device),
+        "device_bf16_peak_tflops": peak_tflops,
+        "model": {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": trainable,
+            "embedding_rows": model.mllm.language_model.get_input_embeddings().weight.shape[0],
+            "tokenizer_entries": len(tokenizer),
+            "dims": dataclasses.asdict(cfg.model.tiny),
+            "sam_type": cfg.model.sam_type,
+            "mask_decoder_forward_gflops_per_query": round(decoder_flops / 1e9, 3),
+        },
+    }
+
+
+def summarize(timed, model, decoder_flops, patches, cached, peak_tflops) -> dict[str, Any]:
+    """Means over the timed steps, throughput and FLOPs utilisation."""
+    phase_mean = {name: sum(s.get(name, 0.0) for s, _, _ in timed) / len(timed) for name in PHASES}
+    step_s = sum(s["wall"] for s, _, _ in timed) / len(timed)
+    shapes = [batch_shape(batch, patches) for _, _, batch in timed]
+    flops = [step_flops(model, batch, decoder_flops) for _, _, batch in timed]
+    model_flops = sum(f.without_frozen_encoders() if cached else f.total for f in flops) / len(flops)
+    achieved = model_flops / step_s / 1e12
+    return {
+        "feature_cache": cached,
+        "steps_timed": len(timed),
+        "s_per_step": round(step_s, 4),
+        "phase_s_mean": {name: round(value, 4) for name, value in phase_mean.items()},
+        "step_s": [round(s["wall"], 4) for s, _, _ in timed],
+        "samples_per_s": round(timed[0][2].num_images / step_s, 3),
+        "llm_tokens_per_s": round(sum(s["llm_tokens"] for s in shapes) / len(shapes) / step_s, 1),
+        "model_tflop_per_step": round(model_flops / 1e12, 4),
+        "model_tflop_per_step_parts": {k: round(v / 1e12, 4) for k, v in dataclasses.asdict(flops[0]).items()},
+        "achieved_tflops": round(achieved, 3),
+        "mfu": round(achieved / peak_tflops, 4) if peak_tflops else None,
+        "losses_per_step": [{name: round(value, 6) for name, value in v.items()} for _, v, _ in timed],
+        "batch_per_step": shapes,
+    }
+
+
+# ----------------------------------------------------------------- driver (parent)
+def _child(args: argparse.Namespace, shape: str, checkpointing: str, configs: list[tuple[int, bool, int]]) -> dict[str, Any]:
+    command = [
+        sys.executable, "-m", "gsva.bench.train_step", "--child", json.dumps(configs), "--shape", shape,
+        "--device", args.device, "--precision", args.precision, "--steps", str(args.steps),
+        "--gradient-checkpointing", checkpointing, "--threads", str(args.threads),
+        "--num-workers", str(args.num_workers), "--seed", str(args.seed), "--work-dir", str(args.work_dir),
+    ]
+    child = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, text=True)
+    if child.returncode != 0:
+        reason = "killed (out of memory?)" if child.returncode < 0 else f"exit status {child.returncode}"
+        return {"error": reason, "configs": configs}
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per targets value: cache speed-up and the largest relative loss difference with/without it."""
+    by_targets: dict[tuple, dict[bool, dict[str, Any]]] = {}
+    for result in results:
+        key = (result["targets_per_image"], result["images_per_step"], result["gradient_checkpointing"])
+        by_targets.setdefault(key, {})[result["feature_cache"]] = result
+    comparison = {}
+    for (targets, images, checkpointing), pair in sorted(by_targets.items()):
+        if len(pair) < 2:
+            continue
+        plain, cached = pair[False], pair[True]
+        differences = [
+            abs(a[name] - b[name]) / max(abs(a[name]), 1e-12)
+            for a, b in zip(plain["losses_per_step"], cached["losses_per_step"])
+            for name in a
+        ]
+        comparison[f"targets {targets}, images {images}, checkpointing {'on' if checkpointing else 'off'}"] = {
+            "cache_speedup": round(plain["s_per_step"] / cached["s_per_step"], 3),
+            "max_relative_loss_difference": float(f"{max(differences):.3g}"),
+        }
+    return comparison
+
+
+def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    wall_start = time.perf_counter()
+    load_at_start = [round(value, 2) for value in os.getloadavg()]
+    if args.device == "cpu" and load_at_start[0] > 0.5:
+        log(f"[bench_train] warning: load average {load_at_start[0]} before the start: other processes use "
+             "the CPU and the timings will be slower and noisier than on an idle machine")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    prepare_tokenizer(args.work_dir, args.seed)
+    sweep = DEVICE_CHECK if args.device_check else {args.shape: args.targets}
+    cache_modes = CACHE_MODES[args.feature_cache]
+    shapes: dict[str, Any] = {}
+    failed = False
+    for shape, targets_list in sweep.items():
+        configs = [(t, cached, images) for t in targets_list for images in args.images_per_step for cached in cache_modes]
+        if args.device == "cuda":  # one process per shape and checkpointing setting
+            log(f"[bench_train] {shape}: {len(configs)} configurations per checkpointing setting ...")
+            parts = [_child(args, shape, checkpointing, configs) for checkpointing in args.gradient_checkpointing]
+        else:  # a fresh process per configuration: its peak RSS is its own
+            parts = [_child(args, shape, checkpointing, [config])
+                     for checkpointing in args.gradient_checkpointing for config in configs]
+        report = next((part for part in parts if "error" not in part), parts[0])
+        report = {**report, "results": [r for part in parts for r in part.get("results", [])],
+                  "errors": [part for part in parts if "error" in part]}
+        failed |= bool(report["errors"])
+        report["cache_comparison"] = compare(report["results"])
+        shapes[shape] = report
+        if args.json_out is not None:  # what is done so far survives an interrupted sweep
+            write_json_atomic(args.json_out, {"partial": True, "shapes": shapes})
+    summary = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "precision": args.precision,
+        "threads": args.threads,
+        "num_workers": args.num_workers,
+        "torch": torch.__version__,
+        "load_average_at_start": load_at_start,
+        "optimizer": "torch.optim.AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0) on the trainable parameters",
+        "data": {"image_size_hw": [IMAGE_HEIGHT, IMAGE_WIDTH], "phrasing": "SampleBuilder.segmentation (training)"},
+        "shapes": shapes,
+        "total_wall_s": round(time.perf_counter() - wall_start, 1),
+    }
+    tiny = shapes.get("tiny", {})
+    reference = {
+        r["feature_cache"]: r for r in tiny.get("results", [])
+        if r["targets_per_image"] == 5 and r["images_per_step"] == 2 and r["gradient_checkpointing"]
+    }
+    if reference:
+        summary["authors_reference"] = {
+            **{f"{k}_s": v for k, v in AUTHORS_STEP_S.items()}, "peak_rss_gb": AUTHORS_PEAK_RSS_GB,
+            "setting": "official code, tiny dims, 2 images x 5 targets (7 [SEG], 3 [REJ]), fp32, this 2-core CPU",
+        }
+        summary["targets"] = {
+            ("cache" if cached else "no_cache"): {
+                "s_per_step": result["s_per_step"],
+                "target_s": TARGET_STEP_S["cache" if cached else "no_cache"],
+                "met": result["s_per_step"] <= TARGET_STEP_S["cache" if cached else "no_cache"],
+                "speedup_vs_authors": round(AUTHORS_STEP_S["step"] / result["s_per_step"], 2),
+            }
+            for cached, result in reference.items()
+        }
+    return summary, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        prepare_tokenizer(args.work_dir, args.seed)
+        print(json.dumps(run_child(args)))
+        return 0
+    report, failed = run_all(args)
+    print(json.dumps(report, indent=2))
+    if args.json_out is not None:
+        write_json_atomic(args.json_out, report)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
