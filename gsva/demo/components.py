@@ -365,6 +365,13 @@ def prepare_components(cfg: Config) -> ComponentPaths:
     paths = ComponentPaths.under(cfg.components.output_dir)
     if paths.complete():
         return paths
+    with torch.random.fork_rng(devices=[]):  # the components are a function of the config alone
+        torch.manual_seed(cfg.run.seed)
+        _pretrain_and_save(cfg, paths)
+    return paths
+
+
+def _pretrain_and_save(cfg: Config, paths: ComponentPaths) -> None:
     start = time.time()
     generator = torch.Generator().manual_seed(cfg.run.seed)
     data = load_colour_data(cfg, cfg.data.train_split)
@@ -381,4 +388,3 @@ def prepare_components(cfg: Config) -> ComponentPaths:
     save_llava_checkpoint(llava, paths.llava_dir, paths.clip_dir)
     write_torch_atomic(paths.sam_checkpoint, sam.state_dict())  # last: it marks the components complete
     LOGGER.info("tiny components ready in %.0fs", time.time() - start)
-    return paths

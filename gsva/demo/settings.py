@@ -79,7 +79,7 @@ class ComponentPretrainConfig:
     output_dir: str = "runs/tiny_components"
     sam_steps: int = 400
     sam_lr: float = 3e-3
-    clip_steps: int = 300
+    clip_steps: int = 1200
     clip_lr: float = 3e-3
     llava_steps: int = 400
     llava_lr: float = 2e-3

@@ -1,0 +1,38 @@
+"""The demo recipe learns: a shortened `python train.py` on two seeds clearly beats both trivial
+baselines, and each component stage's held-out measurement clears the floor the full recipe sets."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+STAGES = {
+    "SAM": ("colour-prompt mask IoU", "min_sam_iou"),
+    "CLIP": ("per-patch colour accuracy", "min_clip_patch_accuracy"),
+    "LLaVA": (r"checklist accuracy \(mean of present and absent colours\)", "min_checklist_accuracy"),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shortened_recipe_beats_both_baselines(short_demo_runs, seed):
+    run = short_demo_runs(seed)
+    report = json.loads((run.folder / "eval" / "grefcoco_val_teacher-forced_gsva" / "metrics.json").read_text())
+    model, baselines = report["metrics"]["gres"], report["baselines"]
+    always_rej, always_seg = baselines["always_rej"], baselines["always_seg_union"]
+    assert model["giou"] > max(always_rej["giou"], always_seg["giou"]) + 0.3, (model, baselines)
+    assert model["n_acc"] > always_seg["n_acc"] + 0.6  # always [SEG] never rejects: N-acc 0
+    assert model["t_acc"] > always_rej["t_acc"] + 0.8  # always [REJ] rejects every target: T-acc 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_stage_clears_the_full_recipes_floor(short_demo_runs, seed):
+    floors = yaml.safe_load((REPO / "configs" / "tiny_synthetic.yaml").read_text())["components"]
+    log = short_demo_runs(seed).log
+    for stage, (measure, floor_key) in STAGES.items():
+        match = re.search(rf"pretrain {stage}: held-out {measure} (\d\.\d+)", log)
+        assert match is not None, f"no held-out measurement of the {stage} stage in the log"
+        assert float(match.group(1)) >= floors[floor_key], (stage, match.group(1), floors[floor_key])
