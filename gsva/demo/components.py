@@ -281,10 +281,17 @@ def _patch_colour_logits(
 
 
 def _answer_logits(
-    llava: LlavaModel, tokenizer, template, data: ColourData, images: list[int], conversations: list[tuple[str, str]]
+    llava: LlavaModel,
+    tokenizer,
+    template,
+    data: ColourData,
+    images: list[int],
+    conversations: list[tuple[str, str]],
+    patch_order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced (question, answer) conversations about ``images``: the logits (A, V) at the
-    A supervised answer positions and their target ids (A,)."""
+    A supervised answer positions and their target ids (A,). ``patch_order`` (B, P), when given,
+    reorders each image's P patch features before they are spliced in."""
     encoded = [
         tokenize_conversation(template.render([(IMAGE_PLACEHOLDER + "\n" + question, answer)]), tokenizer)
         for question, answer in conversations
@@ -293,6 +300,8 @@ def _answer_logits(
         [item.input_ids for item in encoded], [item.labels for item in encoded], tokenizer.pad_token_id
     )
     features = llava.encode_images(data.clip_images[images])
+    if patch_order is not None:
+        features = features.gather(1, patch_order.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
     spliced = llava.splice(input_ids, mask, features, torch.arange(len(encoded)), labels)
     hidden = llava.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
     targets = spliced.labels[:, 1:]
@@ -305,7 +314,9 @@ def pretrain_llava(
 ) -> LlavaModel:
     """Pretrain CLIP, then train the projector + LLM with CLIP frozen (as LLaVA is trained) to
     answer colour questions, then check its held-out checklist accuracy against
-    ``components.min_checklist_accuracy``."""
+    ``components.min_checklist_accuracy``. Each training image's patch features come in a random
+    order: which colours an image holds does not depend on where, so the LLM must find them by
+    content (a position-keyed shortcut would memorise the training images instead)."""
     llava = build_tiny_llava(cfg.model.tiny, len(tokenizer), cfg.data.clip_image_size, use_im_start_end=False)
     pretrain_clip(cfg, data, held_out, llava, generator)
     llava.vision_tower.requires_grad_(False)
@@ -314,11 +325,13 @@ def pretrain_llava(
     update = OneCycleUpdater(trained, cfg.components.llava_lr, steps)
     template = get_template(cfg.data.conversation)
     rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    patches = (cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size) ** 2
     progress = tqdm(range(steps), desc="pretrain LLaVA")
     for _ in progress:
         images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator).tolist()
         conversations = [_llava_conversation(data, image, rng) for image in images]
-        logits, targets = _answer_logits(llava, tokenizer, template, data, images, conversations)
+        patch_order = torch.rand(len(images), patches, generator=generator).argsort(dim=1)
+        logits, targets = _answer_logits(llava, tokenizer, template, data, images, conversations, patch_order)
         loss = F.cross_entropy(logits, targets)
         update(loss)
         progress.set_postfix(loss=f"{loss.item():.3f}")
