@@ -180,6 +180,31 @@ def test_sam_relative_positions_match_segment_anything():
         assert torch.equal(relative_position_table(q_size, k_size, table), library.get_rel_pos(q_size, k_size, table))
 
 
+@pytest.mark.parametrize("size, heads, use_rel_pos", [(14, 4, True), (32, 4, True), (16, 2, False)])
+def test_fused_sam_attention_equals_segment_anything(size, heads, use_rel_pos):
+    """The attention installed by gsva.model.sam (relative positions folded into one fused call)
+    gives the library's outputs and input gradients, windowed and global sizes alike."""
+    import importlib.util
+
+    from gsva.model.sam import attention_with_relative_positions
+
+    spec = importlib.util.find_spec("segment_anything.modeling.image_encoder")
+    library = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(library)  # afresh: the library's own forward and relative-position lookup
+    torch.manual_seed(0)
+    attention = library.Attention(32, num_heads=heads, qkv_bias=True, use_rel_pos=use_rel_pos, input_size=(size, size))
+    if use_rel_pos:
+        torch.nn.init.normal_(attention.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(attention.rel_pos_w, std=0.5)
+    inputs = torch.randn(3, size, size, 32, requires_grad=True)
+    expected = attention(inputs)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), inputs)
+    got = attention_with_relative_positions(attention, inputs)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
 def test_bf16_model_trains_a_step(synthetic_root, tokenizer_dir):
     """bf16 end to end (SAM's dense positional encoding included, which segment_anything computes
     from float32 coordinates and cannot multiply by a bf16 buffer)."""

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gsva.text.conversation import get_template
+from gsva.bench.authors import AuthorsHarness, add_arguments
 from gsva.data.mixture import MixtureSampler, MixtureStream
 from gsva.text.prompts import PromptSettings
 from gsva.data.refer_seg.reader import ReferIndex
@@ -72,14 +70,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both sides")
     parser.add_argument("--sam-size", type=int, default=1024, help="SAM input side")
     parser.add_argument("--clip-size", type=int, default=224, help="CLIP input side")
-    parser.add_argument("--official-dir", type=Path, default=None,
-                        help="extracted copy of the authors' code: time their data path too (needs --official-harness)")
-    parser.add_argument("--official-harness", type=Path, default=None,
-                        help="folder holding the authors' data benchmark bench_data.py (run with --official-dir)")
+    add_arguments(parser)
     args = parser.parse_args()
-    if (args.official_dir is None) != (args.official_harness is None):
-        parser.error("--official-dir and --official-harness go together")
-    if args.official_dir is not None and args.fixture is None:
+    args.authors = AuthorsHarness.from_args(args, parser)
+    if args.authors is not None and args.fixture is None:
         parser.error("--official-dir needs --fixture: both sides must read the same files")
     return args
 
@@ -157,21 +151,15 @@ def measure_ours(args: argparse.Namespace) -> dict:
 
 
 def measure_authors(args: argparse.Namespace) -> dict:
-    """The authors' data benchmark on the same fixture, samples, passes and threads (a child process)."""
-    command = [
-        sys.executable, str(args.official_harness / "bench_data.py"), "--fixture", str(args.fixture),
-        "--train-samples", str(args.train_samples), "--passes", str(args.passes), "--threads", str(args.threads),
-        "--image-size", str(args.sam_size),
-    ]
-    environment = {**os.environ, "GSVA_OFFICIAL_DIR": str(args.official_dir.resolve())}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment)
-    if result.returncode != 0:
-        raise SystemExit(f"the authors' data benchmark failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    """The authors' data benchmark on the same fixture, samples, passes and threads."""
+    measured = args.authors.run("bench_data.py", [
+        "--fixture", str(args.fixture), "--train-samples", str(args.train_samples), "--passes", str(args.passes),
+        "--threads", str(args.threads), "--image-size", str(args.sam_size),
+    ])
     return {
         "train_samples_per_s": measured["train_loader_samples_per_s"],
         "val_images_per_s_batch1": measured["val_loader_images_per_s"],
-        "command": " ".join(command),
+        "command": measured["command"],
     }
 
 
@@ -186,7 +174,7 @@ def main() -> None:
         "micro_batch_size": MICRO_BATCH,
         "ours": measure_ours(args),
     }
-    if args.official_dir is not None:
+    if args.authors is not None:
         authors = measure_authors(args)
         report["authors"] = authors
         report["ratio"] = {

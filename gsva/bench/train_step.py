@@ -54,11 +54,13 @@ Host synchronisations: one extra step per shape under ``HostSyncCounter`` (calls
 value back, by package) and, on CUDA, under ``torch.cuda.set_sync_debug_mode`` (synchronising CUDA
 calls actually made, forward, backward and optimizer).
 
-Reference (authors' code, tiny dims, fp32, this 2-core CPU, 2 images x 5 targets): 26.4 s per step
-(forward 11.6, backward 13.0, optimizer 1.9), 3.3 GB peak RSS. Targets: <= 13 s without the
-feature cache, <= 8 s with it.
+The authors' step (``--official-dir`` with ``--official-harness``, tiny shape on the CPU): their
+harness times their training step at the same dims, 2 images x 5 expressions with [REJ], fp32,
+gradient checkpointing and AdamW, right after ours with the same threads, and the report gives
+the ratio to our 5-target step with and without the cache.
 
     python scripts/bench_train.py                               # tiny, CPU, 5 targets, cache off and on
+    python scripts/bench_train.py --official-dir D --official-harness H   # and the authors' step beside it
     python scripts/bench_train.py --targets 1 5 10 --feature-cache off
     python scripts/bench_train.py --shape 7b --device cuda --targets 1 3 5 8 10
     python scripts/bench_train.py --device-check --json-out bench.json   # 7b sweep + 13b: 77-96 s on one H100
@@ -87,6 +89,7 @@ from gsva.atomic import write_json_atomic
 from gsva.batch import GsvaBatch
 from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.data.samples import Collator
+from gsva.bench.authors import AuthorsHarness, add_arguments, ratio
 from gsva.bench.host_syncs import HostSyncCounter, python_site
 from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
 from gsva.model.encoder_features import encode_features, encoder_layout
@@ -95,9 +98,6 @@ from gsva.bench.shapes import SHAPES, build_reference_model
 from gsva.bench.workload import IMAGE_HEIGHT, IMAGE_WIDTH, log, make_image, peak_rss_mib, prepare_tokenizer
 from gsva.model.gsva import GsvaModel
 
-AUTHORS_STEP_S = {"step": 26.4, "forward": 11.6, "backward": 13.0, "optimizer": 1.9}
-AUTHORS_PEAK_RSS_GB = 3.3
-TARGET_STEP_S = {"no_cache": 13.0, "cache": 8.0}
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 """Dense bf16 peak of the SXM parts (datasheets), matched against the CUDA device name."""
 ABSENT_PER_STEP = {1: 0, 5: 3}
@@ -137,7 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"the GPU check: shapes and targets {DEVICE_CHECK}, cache off and on, CUDA, bf16")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON report to this file")
     parser.add_argument("--child", default=None, help="internal: JSON list of configurations to time in this process")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    args.authors = AuthorsHarness.from_args(args, parser)
+    if args.authors is not None and (args.shape != "tiny" or args.device != "cpu"):
+        parser.error("--official-dir compares the tiny shape on the CPU (the authors' GPU shapes are timed by their "
+                     "harness's bench_model_gpu.py)")
     if args.device_check:
         args.device = "cuda"
     if args.precision is None:
@@ -546,26 +551,32 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         "shapes": shapes,
         "total_wall_s": round(time.perf_counter() - wall_start, 1),
     }
-    tiny = shapes.get("tiny", {})
-    reference = {
-        r["feature_cache"]: r for r in tiny.get("results", [])
-        if r["targets_per_image"] == 5 and r["images_per_step"] == 2 and r["gradient_checkpointing"]
-    }
-    if reference:
-        summary["authors_reference"] = {
-            **{f"{k}_s": v for k, v in AUTHORS_STEP_S.items()}, "peak_rss_gb": AUTHORS_PEAK_RSS_GB,
-            "setting": "official code, tiny dims, 2 images x 5 targets (7 [SEG], 3 [REJ]), fp32, this 2-core CPU",
-        }
-        summary["targets"] = {
-            ("cache" if cached else "no_cache"): {
-                "s_per_step": result["s_per_step"],
-                "target_s": TARGET_STEP_S["cache" if cached else "no_cache"],
-                "met": result["s_per_step"] <= TARGET_STEP_S["cache" if cached else "no_cache"],
-                "speedup_vs_authors": round(AUTHORS_STEP_S["step"] / result["s_per_step"], 2),
-            }
-            for cached, result in reference.items()
-        }
+    if args.authors is not None:
+        summary["authors"] = authors_comparison(args, shapes.get("tiny", {}).get("results", []))
     return summary, failed
+
+
+def authors_comparison(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The authors' training step at the tiny dims (their harness: 2 images x 5 expressions with
+    [REJ], fp32, gradient checkpointing, AdamW), timed right after ours with the same threads; the
+    ratio to each of our 5-target results."""
+    measured = args.authors.run("bench_model.py", [
+        "--fixture", str(args.authors.fixture(args.work_dir)), "--mode", "train", "--steps", str(args.steps),
+        "--warmup", "1", "--threads", str(args.threads), "--work-dir", str(args.work_dir / "authors_model"),
+    ])
+    authors_s = measured["train_step_ms"] / 1000
+    ours = [r for r in results if r["targets_per_image"] == 5 and r["images_per_step"] == 2 and r["gradient_checkpointing"]]
+    return {
+        "s_per_step": round(authors_s, 3),
+        "forward_s": measured["train_fwd_ms"] / 1000,
+        "backward_s": measured["train_bwd_ms"] / 1000,
+        "optimizer_s": measured["train_opt_ms"] / 1000,
+        "peak_rss_mb": measured.get("peak_rss_mb"),
+        "command": measured["command"],
+        "ratio_at_5_targets": {
+            ("with cache" if r["feature_cache"] else "without cache"): ratio(r["s_per_step"], authors_s) for r in ours
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
