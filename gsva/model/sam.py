@@ -39,31 +39,27 @@ image_encoder.get_rel_pos = relative_position_table
 
 
 def attention_with_relative_positions(self: image_encoder.Attention, x: torch.Tensor) -> torch.Tensor:
-    """``segment_anything``'s ``Attention.forward`` with one fused attention call.
+    """``segment_anything``'s ``Attention.forward`` as one ``scaled_dot_product_attention`` call.
 
-    x: (B, H, W, C) -> (B, H, W, C). The original materialises the (B·heads, HW, HW) score matrix
-    and adds the decomposed relative-position bias to it (``add_decomposed_rel_pos``:
-    ``rel_h[q, k_h] + rel_w[q, k_w]``, both from the UNscaled query). Here the bias rides on two
-    extra groups of channels instead: the query carries ``[q·scale, rel_h(q), rel_w(q)]`` and the
-    key ``[k, onehot(k_h), onehot(k_w)]``, so that one ``scaled_dot_product_attention`` (scale 1)
-    computes exactly the same scores without holding them, and its fused kernels apply. Installed
-    in place of the original below; equal to it within float rounding (tested).
+    x: (B, H, W, C) -> (B, H, W, C). The original multiplies out the (B·heads, HW, HW) scores, adds
+    the decomposed relative-position bias (``add_decomposed_rel_pos``: ``rel_h[q, k_h] +
+    rel_w[q, k_w]``, both from the unscaled query), takes the softmax and multiplies by the values,
+    each a pass over the whole score matrix. Here the bias is the attention mask of one fused call
+    (its CPU and GPU kernels never write the scores out). Installed in place of the original below;
+    equal to it within float rounding (tested).
     """
     batch, height, width, _ = x.shape
     qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # each (B, heads, HW, d)
+    bias = None
     if self.use_rel_pos:
         r_q = q.reshape(batch, self.num_heads, height, width, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, relative_position_table(height, height, self.rel_pos_h))
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, relative_position_table(width, width, self.rel_pos_w))
-        rows = torch.eye(height, dtype=q.dtype, device=q.device)[:, None, :].expand(height, width, height)
-        cols = torch.eye(width, dtype=q.dtype, device=q.device)[None, :, :].expand(height, width, width)
-        key_positions = torch.cat([rows, cols], dim=-1).reshape(1, 1, height * width, height + width)
-        q = torch.cat([q * self.scale, rel_h.flatten(2, 3), rel_w.flatten(2, 3)], dim=-1)
-        k = torch.cat([k, key_positions.expand(batch, self.num_heads, -1, -1)], dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        # Contiguous terms give a sum laid out query-major, so the flattening below is a view, not a copy.
+        bias = rel_h.contiguous().unsqueeze(-1) + rel_w.contiguous().unsqueeze(-2)
+        bias = bias.view(batch, self.num_heads, height * width, height * width)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
     out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
     return self.proj(out)
 
