@@ -126,8 +126,8 @@ def check_quality(stage: str, measure: str, value: float, floor: float, floor_ke
     if value < floor:
         raise ComponentQualityError(
             f"{stage} did not learn enough: held-out {measure} {value:.3f} is below the floor {floor:.2f} "
-            f"({floor_key}). GSVA cannot learn on this component. Give the stage more steps ({steps_key}), "
-            f"then delete the component folder so that it is trained again."
+            f"({floor_key}). GSVA cannot learn on this component. Give the stage more steps ({steps_key}) "
+            "and run again: nothing was saved, so every component is trained afresh."
         )
 
 
