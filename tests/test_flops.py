@@ -2,13 +2,11 @@
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from gsva.demo.synthetic import COLOURS
 from gsva.text.tokenizer import train_tiny_bpe
 from gsva.demo.components import tokenizer_corpus
 from gsva.pipeline import build_pipeline
-from gsva.bench.flops import clip_flops, llm_flops, sam_encoder_flops
+from gsva.bench.flops import clip_flops, flop_counter, llm_flops, sam_encoder_flops
 from gsva.bench.shapes import reference_config
 
 
@@ -24,7 +22,7 @@ def reference_model(tmp_path_factory):
 
 
 def counted(function) -> int:
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         function()
     return counter.get_total_flops()

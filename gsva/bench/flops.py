@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from gsva.batch import GsvaBatch
 from gsva.model.gsva import GsvaModel
@@ -56,6 +56,29 @@ class StepFlops:
     def without_frozen_encoders(self) -> float:
         """The step's FLOPs when SAM and CLIP features come from a feature cache."""
         return self.llm + self.mask_decoder
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """``torch.utils.flop_counter`` that also counts the fused attention kernel CPUs run.
+
+    On CPU, ``scaled_dot_product_attention`` dispatches to ``_scaled_dot_product_flash_attention_for_cpu``,
+    which torch's registry does not list (it would count the SAM encoder's attention as 0).
+    """
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+        },
+    )
 
 
 def _linear_weights(module: nn.Module, exclude: str | None = None) -> int:
@@ -128,7 +151,7 @@ def mask_decoder_flops_per_query(model: GsvaModel) -> float:
     parameter = next(model.visual_model.mask_decoder.parameters())
     embeddings = torch.zeros((1, prompt_encoder.embed_dim, *prompt_encoder.image_embedding_size), dtype=parameter.dtype, device=parameter.device)
     query = torch.zeros((1, prompt_encoder.embed_dim), dtype=parameter.dtype, device=parameter.device)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with torch.no_grad(), counter:
         decode_masks(model.visual_model.mask_decoder, prompt_encoder, embeddings, query, torch.zeros(1, dtype=torch.long, device=parameter.device))
     return float(counter.get_total_flops())
