@@ -9,8 +9,9 @@ conversation per image naming all of its expressions, as the evaluator builds it
 The model is assembled by ``build_gsva`` from a config, with random weights, at the dimensions of
 the authors' tiny CPU reference (``--shape tiny``, fp32: LLaMA 256x4, 4 heads, vocabulary 32000 +
 [SEG] [REJ] <im_start> <im_end>; CLIP 128x2 at 224 px, patch 14; SAM ViT 128x2 at 1024 px with
-the standard prompt encoder and mask decoder; LoRA r=8 on q/v). ``--shape 7b`` (bf16, CUDA only)
-builds LLaMA-7B + CLIP ViT-L/14 + SAM ViT-H instead; that path has NOT been run yet.
+the standard prompt encoder and mask decoder; LoRA r=8 on q/v). ``--shape 7b`` / ``13b`` (bf16, CUDA only)
+build LLaMA-7B / -13B + CLIP ViT-L/14 + SAM ViT-H instead, and ``--shape mid`` the 7B widths with 2
+layers and the tiny SAM encoder (runs on a CPU).
 
 Evaluation samples are COCO-sized (640x480) images with 11 or 12 expressions each (mean 11.5,
 about 30 % absent: answered [REJ]), built by ``SampleBuilder.evaluation`` (one conversation per
@@ -57,7 +58,7 @@ from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, S
 from gsva.data.samples import Collator, ImageSample
 from gsva.text.prompts import EVAL_QUESTIONS
 from gsva.bench.authors import AuthorsHarness, add_arguments, ratio
-from gsva.bench.shapes import SHAPES, build_reference_model
+from gsva.bench.shapes import CPU_SHAPES, SHAPES, build_reference_model
 from gsva.bench.workload import IMAGE_HEIGHT, IMAGE_WIDTH, log, make_image, peak_rss_mib, prepare_tokenizer, rss_mib
 from gsva.model.gsva import SlotPredictions
 from gsva.text.special_tokens import IGNORE_INDEX, REJ_TOKEN, SEG_TOKEN
@@ -71,10 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the model runs (default cpu); cuda needs a visible GPU")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny",
-                        help="tiny: the authors' tiny CPU reference dims (default); 7b: LLaVA-7B + SAM ViT-H "
-                             "with random weights, CUDA only, NOT measured yet (no GPU where this was written)")
+                        help="tiny: the authors' tiny CPU reference dims (default); mid: 7B widths with 2 layers "
+                             "(CPU or CUDA); 7b / 13b: LLaVA-7B / -13B + SAM ViT-H, random weights, CUDA only")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                        help="model dtype (default: fp32 for tiny, bf16 for 7b)")
+                        help="model dtype (default: fp32 on the CPU, bf16 on CUDA)")
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
                         help="inference protocols to time (default: both)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16],
@@ -108,9 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.authors is not None and (args.shape != "tiny" or args.device != "cpu"):
         parser.error("--official-dir compares the tiny shape on the CPU")
     if args.precision is None:
-        args.precision = "bf16" if args.shape == "7b" else "fp32"
-    if args.shape == "7b" and args.device != "cuda":
-        parser.error("--shape 7b needs --device cuda (random 7B weights alone are ~14 GB in bf16)")
+        args.precision = "fp32" if args.device == "cpu" else "bf16"
+    if args.shape not in CPU_SHAPES and args.device != "cuda":
+        parser.error(f"--shape {args.shape} needs --device cuda (its random weights alone take tens of GB)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
     if args.images < 1 or args.threads < 1 or min(args.batch_sizes) < 1:

@@ -1,5 +1,6 @@
 """Model shapes the benchmarks build with random weights: the authors' tiny CPU reference
-(``tiny_dims.json``, at which the original code was timed) and LLaVA-7B with SAM ViT-H."""
+(``tiny_dims.json``, at which the original code was timed), LLaVA-7B / -13B with SAM ViT-H, and
+``mid`` (the 7B widths with 2 layers, to run the 7B path on a CPU)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,18 @@ LLAVA_13B_DIMS = dataclasses.replace(
 )
 """LLaVA-13B (LLaMA-13B + CLIP ViT-L/14); SAM ViT-H."""
 
-SHAPES = {"tiny": (TINY_REFERENCE_DIMS, "tiny"), "7b": (LLAVA_7B_DIMS, "vit_h"), "13b": (LLAVA_13B_DIMS, "vit_h")}
+LLAVA_7B_MID_DIMS = dataclasses.replace(LLAVA_7B_DIMS, llm_layers=2, clip_layers=2)
+"""The 7B code path at a width a CPU can run: LLaMA-7B and CLIP ViT-L/14 widths with 2 layers each
+and the tiny SAM encoder (the authors' harness's ``mid`` shape)."""
+
+SHAPES = {
+    "tiny": (TINY_REFERENCE_DIMS, "tiny"),
+    "mid": (LLAVA_7B_MID_DIMS, "tiny"),
+    "7b": (LLAVA_7B_DIMS, "vit_h"),
+    "13b": (LLAVA_13B_DIMS, "vit_h"),
+}
+CPU_SHAPES = ("tiny", "mid")
+"""Shapes whose random weights fit a CPU host (7b and 13b need CUDA)."""
 
 
 def reference_config(

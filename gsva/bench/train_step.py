@@ -8,7 +8,9 @@ trained locally, LLaMA's size, plus [SEG] [REJ] <im_start> <im_end>):
 - ``tiny`` (CPU, fp32): the authors' tiny CPU reference dims (the official benchmark harness's ``tiny_dims.json``):
   LLaMA 256x4, CLIP 128x2 at 224 px, SAM ViT 128x2 at 1024 px with the standard prompt encoder and
   mask decoder;
-- ``7b`` / ``13b`` (CUDA, bf16): LLaMA-7B / -13B decoder dims, CLIP ViT-L/14 at 224 px, SAM ViT-H.
+- ``7b`` / ``13b`` (CUDA, bf16): LLaMA-7B / -13B decoder dims, CLIP ViT-L/14 at 224 px, SAM ViT-H;
+- ``mid`` (CPU fp32 or CUDA): the 7B path at a width a CPU runs, LLaMA-7B and CLIP ViT-L/14 widths
+  with 2 layers each and the tiny SAM encoder.
 
 Gradient checkpointing of the LLM decoder layers is on (``--gradient-checkpointing off`` to
 compare). The optimizer is ``torch.optim.AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0)`` on the
@@ -54,16 +56,21 @@ Host synchronisations: one extra step per shape under ``HostSyncCounter`` (calls
 value back, by package) and, on CUDA, under ``torch.cuda.set_sync_debug_mode`` (synchronising CUDA
 calls actually made, forward, backward and optimizer).
 
-The authors' step (``--official-dir`` with ``--official-harness``, tiny shape on the CPU): their
-harness times their training step at the same dims, 2 images x 5 expressions with [REJ], fp32,
-gradient checkpointing and AdamW, right after ours with the same threads, and the report gives
-the ratio to our 5-target step with and without the cache.
+The authors' step (``--official-dir`` with ``--official-harness``): their harness
+(``bench_model_gpu.py``) times their training step right after ours, in the same invocation, on the
+same shape, device, precision, threads, micro-batch, targets per image (30 % of them absent, 3 of
+10 at 5 targets), gradient checkpointing and AdamW, without gradient clipping (``--grad-clip 0``:
+our step does not clip either), each configuration from the same weights; the report gives the
+median seconds per step and the peak memory of both sides, and the ratio with and without the cache. With ``--device-check``
+their code is timed at 7B for ``AUTHORS_DEVICE_CHECK`` targets.
 
     python scripts/bench_train.py                               # tiny, CPU, 5 targets, cache off and on
     python scripts/bench_train.py --official-dir D --official-harness H   # and the authors' step beside it
+    python scripts/bench_train.py --shape mid --targets 5 10 --official-dir D --official-harness H  # 7B path on a CPU
     python scripts/bench_train.py --targets 1 5 10 --feature-cache off
     python scripts/bench_train.py --shape 7b --device cuda --targets 1 3 5 8 10
     python scripts/bench_train.py --device-check --json-out bench.json   # 7b sweep + 13b: 77-96 s on one H100
+    python scripts/bench_train.py --device-check --official-dir D --official-harness H  # + the authors' 7B step
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ import dataclasses
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,7 +102,7 @@ from gsva.bench.host_syncs import HostSyncCounter, python_site
 from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
 from gsva.model.encoder_features import encode_features, encoder_layout
 from gsva.bench.flops import mask_decoder_flops_per_query, step_flops
-from gsva.bench.shapes import SHAPES, build_reference_model
+from gsva.bench.shapes import CPU_SHAPES, SHAPES, build_reference_model
 from gsva.bench.workload import IMAGE_HEIGHT, IMAGE_WIDTH, log, make_image, peak_rss_mib, prepare_tokenizer
 from gsva.model.gsva import GsvaModel
 
@@ -104,6 +112,8 @@ ABSENT_PER_STEP = {1: 0, 5: 3}
 """Absent targets per 2 images (answered [REJ]); other counts: 30 % of the targets, rounded."""
 DEVICE_CHECK = {"7b": [1, 3, 5, 8, 10], "13b": [1, 5, 10]}
 """The sweep of ``--device-check``: targets per image for each shape, cache off and on."""
+AUTHORS_DEVICE_CHECK = {"7b": [5, 10]}
+"""The authors' configurations timed by ``--device-check`` with ``--official-dir`` (micro-batch 2, no cache)."""
 PHASES = ("data_wait", "sam_encode", "llm_forward", "mask_forward", "mask_backward", "llm_backward", "optimizer")
 CACHE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
@@ -112,7 +122,8 @@ CACHE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny",
-                        help="tiny: the authors' tiny CPU reference (default); 7b / 13b: LLaVA-7B / -13B + SAM ViT-H (CUDA)")
+                        help="tiny: the authors' tiny CPU reference (default); mid: 7B widths with 2 layers (CPU or "
+                             "CUDA); 7b / 13b: LLaVA-7B / -13B + SAM ViT-H (CUDA)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step runs (default cpu)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="model dtype (default: fp32 for tiny, bf16 for 7b and 13b)")
@@ -140,20 +151,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_arguments(parser)
     args = parser.parse_args(argv)
     args.authors = AuthorsHarness.from_args(args, parser)
-    if args.authors is not None and (args.shape != "tiny" or args.device != "cpu"):
-        parser.error("--official-dir compares the tiny shape on the CPU (the authors' GPU shapes are timed by their "
-                     "harness's bench_model_gpu.py)")
     if args.device_check:
         args.device = "cuda"
     if args.precision is None:
-        args.precision = "fp32" if args.shape == "tiny" and not args.device_check else "bf16"
+        args.precision = "fp32" if args.device == "cpu" else "bf16"
     if args.num_workers is None:
         args.num_workers = 4 if args.device == "cuda" else 0
     if args.steps < 3:
         parser.error("--steps must be >= 3")
     if args.threads < 1 or min(args.targets) < 1 or min(args.images_per_step) < 1 or args.num_workers < 0:
         parser.error("--threads, --images-per-step and every --targets value must be >= 1, --num-workers >= 0")
-    if args.shape != "tiny" and args.device != "cuda":
+    if args.shape not in CPU_SHAPES and args.device != "cuda":
         parser.error(f"--shape {args.shape} needs --device cuda (its random weights alone take tens of GB)")
     if args.device == "cuda" and args.child is None and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
@@ -552,31 +560,48 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         "total_wall_s": round(time.perf_counter() - wall_start, 1),
     }
     if args.authors is not None:
-        summary["authors"] = authors_comparison(args, shapes.get("tiny", {}).get("results", []))
+        sweep = AUTHORS_DEVICE_CHECK if args.device_check else {args.shape: args.targets}
+        summary["authors"] = {shape: authors_comparison(args, shape, targets, shapes.get(shape, {}).get("results", []))
+                              for shape, targets in sweep.items()}
     return summary, failed
 
 
-def authors_comparison(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The authors' training step at the tiny dims (their harness: 2 images x 5 expressions with
-    [REJ], fp32, gradient checkpointing, AdamW), timed right after ours with the same threads; the
-    ratio to each of our 5-target results."""
-    measured = args.authors.run("bench_model.py", [
-        "--fixture", str(args.authors.fixture(args.work_dir)), "--mode", "train", "--steps", str(args.steps),
-        "--warmup", "1", "--threads", str(args.threads), "--work-dir", str(args.work_dir / "authors_model"),
-    ])
-    authors_s = measured["train_step_ms"] / 1000
-    ours = [r for r in results if r["targets_per_image"] == 5 and r["images_per_step"] == 2 and r["gradient_checkpointing"]]
-    return {
-        "s_per_step": round(authors_s, 3),
-        "forward_s": measured["train_fwd_ms"] / 1000,
-        "backward_s": measured["train_bwd_ms"] / 1000,
-        "optimizer_s": measured["train_opt_ms"] / 1000,
-        "peak_rss_mb": measured.get("peak_rss_mb"),
-        "command": measured["command"],
-        "ratio_at_5_targets": {
-            ("with cache" if r["feature_cache"] else "without cache"): ratio(r["s_per_step"], authors_s) for r in ours
-        },
-    }
+def authors_comparison(args: argparse.Namespace, shape: str, targets: list[int], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The authors' training step at ``shape`` for each of ``targets`` (their harness, one process
+    per micro-batch size and checkpointing setting), timed right after ours; one row per
+    configuration with both figures and the ratio to ours with and without the cache."""
+    rows = []
+    for images in args.images_per_step:
+        for checkpointing in args.gradient_checkpointing:
+            measured = args.authors.run("bench_model_gpu.py", [
+                "--fixture", str(args.authors.fixture(args.work_dir)), "--shape", shape, "--device", args.device,
+                "--precision", args.precision, "--targets", *map(str, targets), "--images-per-step", str(images),
+                "--steps", str(args.steps), "--warmup", "1", "--gradient-checkpointing", checkpointing,
+                "--grad-clip", "0", "--threads", str(args.threads), "--seed", str(args.seed),
+                "--work-dir", str(args.work_dir / "authors_model"),
+            ])
+            for config in measured["configs"]:
+                row = {"targets_per_image": config["targets"], "images_per_step": images,
+                       "gradient_checkpointing": checkpointing, "command": measured["command"]}
+                if config["oom"]:
+                    rows.append({**row, "authors": "out of memory", "authors_error": config["error"]})
+                    continue
+                mine = {("with cache" if r["feature_cache"] else "without cache"): r for r in ours
+                        if r["targets_per_image"] == config["targets"] and r["images_per_step"] == images
+                        and r["gradient_checkpointing"] == (checkpointing == "on")}
+                authors_s = config["median_s_per_step"]
+                ours_s = {mode: statistics.median(r["step_s"]) for mode, r in mine.items()}
+                rows.append({
+                    **row,
+                    "authors_median_s_per_step": authors_s,
+                    "authors_peak_memory": (f"{config['max_memory_allocated_gib']} GiB allocated" if "max_memory_allocated_gib" in config
+                                            else f"{config['peak_rss_gib']} GiB RSS"),
+                    "ours_median_s_per_step": ours_s,
+                    "ours_peak_memory": {mode: (f"{r['cuda_max_allocated_gib']} GiB allocated" if "cuda_max_allocated_gib" in r
+                                                else f"{r['peak_rss_mib'] / 1024:.3f} GiB RSS") for mode, r in mine.items()},
+                    "ratio": {mode: ratio(seconds, authors_s) for mode, seconds in ours_s.items()},
+                })
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
