@@ -2,7 +2,8 @@
 
 ``MaskDecoder.forward`` serves one image per call (it repeats that image's embedding once per
 prompt). Here every query carries the index of its image, so all queries of a batch go through
-the decoder's two-way transformer, upscaling and first hypernetwork MLP in ONE call. Only the
+the decoder's two-way transformer (``gsva.model.two_way_transformer``: the same attention with the
+projections on the token side), upscaling and first hypernetwork MLP in ONE call. Only the
 single-mask output (``multimask_output=False``, mask token 0) is computed, as GSVA uses.
 """
 
@@ -13,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
+
+from gsva.model.two_way_transformer import two_way_transformer
 
 
 QUERIES_PER_CHUNK = 16
@@ -57,14 +60,14 @@ def _decode_chunk(
     """``decode_masks`` for one chunk of queries: (Q, C), (Q,) -> (Q, 4h, 4w)."""
     dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     source = image_embeddings.index_select(0, query_to_image) + dense
-    position = dense_positional_encoding(prompt_encoder).to(source.dtype).expand(source.shape[0], -1, -1, -1)
+    position = dense_positional_encoding(prompt_encoder).to(source.dtype)
     output_tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat(
         [output_tokens.unsqueeze(0).expand(queries.shape[0], -1, -1), queries.unsqueeze(1).to(output_tokens.dtype)],
         dim=1,
     )
     batch, channels, height, width = source.shape
-    token_states, source_states = mask_decoder.transformer(source, position, tokens)
+    token_states, source_states = two_way_transformer(mask_decoder.transformer, source, position, tokens)
     upscaled = mask_decoder.output_upscaling(source_states.transpose(1, 2).reshape(batch, channels, height, width))
     hyper = mask_decoder.output_hypernetworks_mlps[0](token_states[:, 1, :])
     up_batch, up_channels, up_height, up_width = upscaled.shape
