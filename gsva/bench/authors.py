@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extracted copy of the authors' code: also time their code on the same shapes "
                              "(needs --official-harness)")
     parser.add_argument("--official-harness", type=Path, default=None,
-                        help="folder of the authors' benchmark harness (bench_model.py, bench_data.py, make_fixture.py)")
+                        help="folder of the authors' benchmark harness (bench_model.py, bench_model_gpu.py, bench_data.py, make_fixture.py)")
 
 
 @dataclass(frozen=True)
