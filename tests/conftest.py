@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,15 @@ def tiny_config(synthetic_root: Path, tokenizer_dir: Path, *overrides: str) -> C
 @pytest.fixture
 def config(synthetic_root, tokenizer_dir) -> Config:
     return tiny_config(synthetic_root, tokenizer_dir)
+
+
+COMPONENT_STAGES = {
+    # stage: (its steps key, its floor key, the held-out measurement it logs and names when it stops)
+    "SAM": ("sam_steps", "min_sam_iou", "colour-prompt mask IoU"),
+    "CLIP": ("clip_steps", "min_clip_patch_accuracy", "per-patch colour accuracy"),
+    "LLaVA": ("llava_steps", "min_checklist_accuracy", r"checklist accuracy \(mean of present and absent colours\)"),
+}
+"""The demo's component stages under ``components.*`` (measurements as regular expressions)."""
 
 
 SHORT_DEMO_RECIPE = (

@@ -5,23 +5,16 @@ import re
 import pytest
 
 from gsva.demo.components import ComponentPaths, ComponentQualityError, prepare_components
-from tests.conftest import tiny_config
-
-STAGES = {
-    # stage: (its steps key, its floor key, the measurement it names)
-    "SAM": ("sam_steps", "min_sam_iou", "colour-prompt mask IoU"),
-    "CLIP": ("clip_steps", "min_clip_patch_accuracy", "per-patch colour accuracy"),
-    "LLaVA": ("llava_steps", "min_checklist_accuracy", r"checklist accuracy \(mean of present and absent colours\)"),
-}
+from tests.conftest import COMPONENT_STAGES, tiny_config
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", list(COMPONENT_STAGES))
 def test_a_stage_below_its_floor_stops_with_its_name_and_measurement(synthetic_root, tokenizer_dir, tmp_path, stage):
     """Two steps of a stage cannot do its job: that stage stops the run (the stages before it,
     with floor 0, pass) and nothing is saved."""
-    steps_key, floor_key, measure = STAGES[stage]
-    overrides = [f"components.{key}=2" for key, _, _ in STAGES.values()]
-    overrides += [f"components.{key}={0.6 if key == floor_key else 0.0}" for _, key, _ in STAGES.values()]
+    steps_key, floor_key, measure = COMPONENT_STAGES[stage]
+    overrides = [f"components.{key}=2" for key, _, _ in COMPONENT_STAGES.values()]
+    overrides += [f"components.{key}={0.6 if key == floor_key else 0.0}" for _, key, _ in COMPONENT_STAGES.values()]
     cfg = tiny_config(
         synthetic_root, tokenizer_dir, "components.enabled=true", f"components.output_dir={tmp_path / 'components'}", *overrides
     )

@@ -25,12 +25,16 @@ class AuthorsRunError(RuntimeError):
     """The authors' benchmark did not finish (its command and the tail of its output are named)."""
 
 
+HARNESS_SCRIPTS = ("bench_data.py", "bench_model.py", "bench_model_gpu.py", "make_fixture.py")
+"""The harness scripts the benchmarks run (data path, evaluation, training step, fixture)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-dir", type=Path, default=None,
                         help="extracted copy of the authors' code: also time their code on the same shapes "
                              "(needs --official-harness)")
     parser.add_argument("--official-harness", type=Path, default=None,
-                        help="folder of the authors' benchmark harness (bench_model.py, bench_model_gpu.py, bench_data.py, make_fixture.py)")
+                        help=f"folder of the authors' benchmark harness ({', '.join(HARNESS_SCRIPTS)})")
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ class AuthorsHarness:
             parser.error("--official-dir and --official-harness go together")
         if not (args.official_dir / "model").is_dir():
             parser.error(f"--official-dir {args.official_dir}: no model/ folder (an extracted copy of the authors' code?)")
-        if not (args.official_harness / "bench_model.py").is_file():
-            parser.error(f"--official-harness {args.official_harness}: no bench_model.py")
+        missing = [script for script in HARNESS_SCRIPTS if not (args.official_harness / script).is_file()]
+        if missing:
+            parser.error(f"--official-harness {args.official_harness}: no {', '.join(missing)} (the authors' benchmark harness folder?)")
         return cls(args.official_dir.resolve(), args.official_harness.resolve())
 
     def run(self, script: str, arguments: list[str]) -> dict[str, Any]:

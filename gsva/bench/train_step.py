@@ -61,8 +61,8 @@ The authors' step (``--official-dir`` with ``--official-harness``): their harnes
 same shape, device, precision, threads, micro-batch, targets per image (30 % of them absent, 3 of
 10 at 5 targets), gradient checkpointing and AdamW, without gradient clipping (``--grad-clip 0``:
 our step does not clip either), each configuration from the same weights; the report gives the
-median seconds per step and the peak memory of both sides, and the ratio with and without the cache. With ``--device-check``
-their code is timed at 7B for ``AUTHORS_DEVICE_CHECK`` targets.
+median seconds per step and the peak memory of both sides, and the ratio with and without the
+cache. With ``--device-check`` their code is timed at 7B for ``AUTHORS_DEVICE_CHECK`` targets.
 
     python scripts/bench_train.py                               # tiny, CPU, 5 targets, cache off and on
     python scripts/bench_train.py --official-dir D --official-harness H   # and the authors' step beside it
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "CUDA); 7b / 13b: LLaVA-7B / -13B + SAM ViT-H (CUDA)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step runs (default cpu)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                        help="model dtype (default: fp32 for tiny, bf16 for 7b and 13b)")
+                        help="model dtype (default: fp32 on the CPU, bf16 on CUDA)")
     parser.add_argument("--targets", nargs="+", type=int, default=[5],
                         help="expressions per image (micro-batch of 2 images); several values = a sweep "
                              "(default 5: the reference, 7 [SEG] + 3 [REJ] per step)")

@@ -75,7 +75,6 @@ class ComponentPaths:
 class ColourData:
     """The training split held in memory for component pretraining."""
 
-    colours: list[str]
     sam_images: torch.Tensor  # (N, 3, S, S) uint8, zero-padded
     clip_images: torch.Tensor  # (N, 3, C, C) uint8
     colour_masks: torch.Tensor  # (N, K, H, W) uint8: union of the objects of each colour
@@ -85,13 +84,17 @@ class ColourData:
     spec: SyntheticSpec
     """The spec the split was drawn from (fresh images of the same distribution are drawn from it)."""
 
+    @property
+    def colours(self) -> list[str]:
+        """The palette, in the order of ``present`` and ``colour_masks``."""
+        return list(self.spec.colours)
+
 
 def load_colour_data(cfg: Config, split: str) -> ColourData:
     """Read a split of the synthetic set and its per-object colour labels."""
     root = Path(cfg.data.dataset_dir)
     attributes = json.loads(attributes_path(root).read_text())
     spec = SyntheticSpec(**attributes["spec"])
-    colours = list(spec.colours)
     index = ReferIndex(root, DATASET_NAME)
     sam_images, clip_images, masks, present = [], [], [], []
     resized_size = original_size = (0, 0)
@@ -104,13 +107,12 @@ def load_colour_data(cfg: Config, split: str) -> ColourData:
         original_size = image.shape[:2]
         objects = attributes["images"][str(image_id)]
         per_colour = []
-        for colour in colours:
+        for colour in spec.colours:
             ann_ids = [obj["ann_id"] for obj in objects if obj["colour"] == colour]
             per_colour.append(index.target_mask(image_id, ann_ids))
         masks.append(np.stack(per_colour))
-        present.append([any(obj["colour"] == colour for obj in objects) for colour in colours])
+        present.append([any(obj["colour"] == colour for obj in objects) for colour in spec.colours])
     return ColourData(
-        colours=colours,
         sam_images=pad_sam_images(sam_images, cfg.data.sam_image_size),
         clip_images=torch.stack(clip_images),
         colour_masks=torch.from_numpy(np.stack(masks).astype(np.uint8)),

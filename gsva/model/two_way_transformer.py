@@ -48,9 +48,10 @@ def two_way_transformer(
             with_pe = queries + tokens
             queries = queries + layer.self_attn(q=with_pe, k=with_pe, v=queries)
         queries = layer.norm1(queries)
-        queries = layer.norm2(queries + tokens_attend_to_image(layer.cross_attn_token_to_image, queries + tokens, keys + key_pe, keys))
+        keys_with_pe = keys + key_pe  # both cross attentions of the block read the image before its update
+        queries = layer.norm2(queries + tokens_attend_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_with_pe, keys))
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(keys + image_attends_to_tokens(layer.cross_attn_image_to_token, keys + key_pe, queries + tokens, queries))
+        keys = layer.norm4(keys + image_attends_to_tokens(layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries))
     final = tokens_attend_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
     return transformer.norm_final_attn(queries + final), keys
 
