@@ -74,13 +74,15 @@ def config(synthetic_root, tokenizer_dir) -> Config:
     return tiny_config(synthetic_root, tokenizer_dir)
 
 
-COMPONENT_STAGES = {
-    # stage: (its steps key, its floor key, the held-out measurement it logs and names when it stops)
-    "SAM": ("sam_steps", "min_sam_iou", "colour-prompt mask IoU"),
-    "CLIP": ("clip_steps", "min_clip_patch_accuracy", "per-patch colour accuracy"),
-    "LLaVA": ("llava_steps", "min_checklist_accuracy", r"checklist accuracy \(mean of present and absent colours\)"),
-}
-"""The demo's component stages under ``components.*`` (measurements as regular expressions)."""
+COMPONENT_CHECKS = (
+    # (stage, its steps key, the floor key, the held-out measurement it logs and names when it stops)
+    ("SAM", "sam_steps", "min_sam_iou", "colour-prompt mask IoU"),
+    ("CLIP", "clip_steps", "min_clip_patch_accuracy", "per-patch colour accuracy"),
+    ("CLIP", "clip_steps", "min_clip_image_accuracy", "image colour accuracy read from each patch"),
+    ("LLaVA", "llava_steps", "min_checklist_accuracy", r"checklist accuracy \(mean of present and absent colours\)"),
+)
+"""The held-out checks of the demo's component stages under ``components.*`` (measurements as
+regular expressions)."""
 
 
 SHORT_DEMO_RECIPE = (
@@ -88,6 +90,7 @@ SHORT_DEMO_RECIPE = (
     "components.sam_steps=200",
     "components.min_sam_iou=0",
     "components.min_clip_patch_accuracy=0",
+    "components.min_clip_image_accuracy=0",
     "components.min_checklist_accuracy=0",
     "schedule.steps=400",
 )

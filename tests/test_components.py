@@ -5,16 +5,16 @@ import re
 import pytest
 
 from gsva.demo.components import ComponentPaths, ComponentQualityError, prepare_components
-from tests.conftest import COMPONENT_STAGES, tiny_config
+from tests.conftest import COMPONENT_CHECKS, tiny_config
 
 
-@pytest.mark.parametrize("stage", list(COMPONENT_STAGES))
-def test_a_stage_below_its_floor_stops_with_its_name_and_measurement(synthetic_root, tokenizer_dir, tmp_path, stage):
-    """Two steps of a stage cannot do its job: that stage stops the run (the stages before it,
-    with floor 0, pass) and nothing is saved."""
-    steps_key, floor_key, measure = COMPONENT_STAGES[stage]
-    overrides = [f"components.{key}=2" for key, _, _ in COMPONENT_STAGES.values()]
-    overrides += [f"components.{key}={0.6 if key == floor_key else 0.0}" for _, key, _ in COMPONENT_STAGES.values()]
+@pytest.mark.parametrize("check", COMPONENT_CHECKS, ids=[check[2] for check in COMPONENT_CHECKS])
+def test_a_stage_below_its_floor_stops_with_its_name_and_measurement(synthetic_root, tokenizer_dir, tmp_path, check):
+    """Two steps of a stage cannot do its job: that stage stops the run at the check whose floor is
+    set (the other checks, with floor 0, pass) and nothing is saved."""
+    stage, steps_key, floor_key, measure = check
+    overrides = [f"components.{key}=2" for _, key, _, _ in COMPONENT_CHECKS]
+    overrides += [f"components.{key}={0.6 if key == floor_key else 0.0}" for _, _, key, _ in COMPONENT_CHECKS]
     cfg = tiny_config(
         synthetic_root, tokenizer_dir, "components.enabled=true", f"components.output_dir={tmp_path / 'components'}", *overrides
     )

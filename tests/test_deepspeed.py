@@ -28,6 +28,7 @@ def launch(output_dir: Path, work: Path, *extra: str) -> subprocess.CompletedPro
         "components.llava_steps=5",
         "components.min_sam_iou=0",  # 5-step components test the plumbing, not their quality
         "components.min_clip_patch_accuracy=0",
+        "components.min_clip_image_accuracy=0",
         "components.min_checklist_accuracy=0",
         "schedule.steps=4",
         "schedule.save_every=2",

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import COMPONENT_STAGES, REPO, SHORT_DEMO_SEEDS
+from tests.conftest import COMPONENT_CHECKS, REPO, SHORT_DEMO_SEEDS
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_shortened_recipe_beats_both_baselines(short_demo_runs, seed):
 def test_each_stage_clears_the_full_recipes_floor(short_demo_runs, seed):
     floors = yaml.safe_load((REPO / "configs" / "tiny_synthetic.yaml").read_text())["components"]
     log = short_demo_runs(seed).log
-    for stage, (_, floor_key, measure) in COMPONENT_STAGES.items():
+    for stage, _, floor_key, measure in COMPONENT_CHECKS:
         match = re.search(rf"pretrain {stage}: held-out {measure} (\d\.\d+)", log)
         assert match is not None, f"no held-out measurement of the {stage} stage in the log"
         assert float(match.group(1)) >= floors[floor_key], (stage, match.group(1), floors[floor_key])

@@ -8,9 +8,10 @@ tiny demo has no downloads, so it first makes both, from the synthetic set's per
 - SAM: image encoder + decoder trained to segment "all objects of colour c" from a learned
   prompt embedding per colour (and the union of two colours from the sum of their prompts);
   saved as a segment_anything ``.pth`` state dict.
-- LLaVA: a BPE tokenizer trained on the prompt vocabulary, then LLaMA + CLIP + projector trained
-  on "What colours are in this image?" and "Which of these colours are in this image: …?"
-  (answered name by name, "red: [YES], blue: [NO]."); saved in the original
+- LLaVA: a BPE tokenizer trained on the prompt vocabulary; a CLIP tower trained so that each patch
+  feature tells which colours cover the patch and which the image holds; then, CLIP frozen,
+  LLaMA + projector trained on "What colours are in this image?" and "Which of these colours are
+  in this image: …?" (answered name by name, "red: [YES], blue: [NO]."); saved in the original
   LLaVA layout with its CLIP tower.
 
 GSVA training then loads both through the same loaders that read real checkpoints.
@@ -252,10 +253,17 @@ def _llava_conversation(colours: list[str], flags: list[bool], rng: random.Rando
 
 def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, llava: LlavaModel, generator: torch.Generator) -> None:
     """Train the tiny CLIP tower (in place) so that each patch feature LLaVA reads (layer
-    ``select_layer``) tells which colours cover that patch, then check its held-out per-patch
-    accuracy against ``components.min_clip_patch_accuracy``."""
+    ``select_layer``) tells which colours cover that patch and which colours the whole image holds,
+    as a real CLIP's patch tokens carry the image's content beside their own. Then check both on
+    the held-out images: ``components.min_clip_patch_accuracy`` and
+    ``components.min_clip_image_accuracy``.
+
+    The image's colours in every patch are what makes the LLaVA stage learn on every seed: "is
+    there red?" becomes a read of any patch instead of a search for the red ones, which a seed in
+    five had not found within its steps (held-out checklist accuracy 0.70 after 1500 steps, where
+    it now reaches 0.99 after 400)."""
     tower = llava.vision_tower
-    head = torch.nn.Linear(tower.config.hidden_size, len(data.colours))
+    head = torch.nn.Linear(tower.config.hidden_size, 2 * len(data.colours))
     steps = cfg.components.clip_steps
     update = OneCycleUpdater(list(tower.parameters()) + list(head.parameters()), cfg.components.clip_lr, steps)
     progress = tqdm(range(steps), desc="pretrain CLIP")
@@ -265,27 +273,30 @@ def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, llava: Ll
         loss = F.binary_cross_entropy_with_logits(logits, targets)
         update(loss)
         progress.set_postfix(loss=f"{loss.item():.3f}")
+    patch_correct, image_correct = [], []
     with torch.no_grad():
-        correct = [
-            ((logits > 0) == (targets > 0)).all(-1).flatten()
-            for logits, targets in (
-                _patch_colour_logits(cfg, llava, head, held_out, images)
-                for images in torch.arange(held_out.clip_images.shape[0]).split(cfg.components.batch_size)
-            )
-        ]
-    check_quality("pretrain CLIP", "per-patch colour accuracy", torch.cat(correct).float().mean().item(),
+        for images in torch.arange(held_out.clip_images.shape[0]).split(cfg.components.batch_size):
+            logits, targets = _patch_colour_logits(cfg, llava, head, held_out, images)
+            correct = (logits > 0) == (targets > 0)
+            patch_correct.append(correct[..., : len(data.colours)].all(-1).flatten())
+            image_correct.append(correct[..., len(data.colours) :].all(-1).flatten())
+    check_quality("pretrain CLIP", "per-patch colour accuracy", torch.cat(patch_correct).float().mean().item(),
                   cfg.components.min_clip_patch_accuracy, "components.min_clip_patch_accuracy", "components.clip_steps")
+    check_quality("pretrain CLIP", "image colour accuracy read from each patch", torch.cat(image_correct).float().mean().item(),
+                  cfg.components.min_clip_image_accuracy, "components.min_clip_image_accuracy", "components.clip_steps")
 
 
 def _patch_colour_logits(
     cfg: Config, llava: LlavaModel, head: torch.nn.Linear, data: ColourData, images: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per patch of ``images`` (B,): colour logits (B, P, K) from the features LLaVA reads, and the
-    targets (B, P, K): 1 where the colour covers part of the patch."""
+    """Per patch of ``images`` (B,): logits (B, P, 2K) from the features LLaVA reads, and their
+    targets (B, P, 2K): the first K are 1 where the colour covers part of the patch, the last K
+    are 1 where the colour is anywhere in the image (the same for every patch)."""
     grid = cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size
     logits = head(llava.vision_features(data.clip_images[images]))
-    targets = F.adaptive_max_pool2d(data.colour_masks[images].float(), grid).flatten(2).transpose(1, 2)
-    return logits, targets
+    in_patch = F.adaptive_max_pool2d(data.colour_masks[images].float(), grid).flatten(2).transpose(1, 2)
+    in_image = data.present[images].float().unsqueeze(1).expand_as(in_patch)
+    return logits, torch.cat([in_patch, in_image], dim=-1)
 
 
 def draw_clip_images(spec: SyntheticSpec, clip_image_size: int, count: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,4 +87,5 @@ class ComponentPretrainConfig:
     min_sam_iou: float = 0.0
     """Held-out floors each stage must reach, or the run stops (0 = report only)."""
     min_clip_patch_accuracy: float = 0.0
+    min_clip_image_accuracy: float = 0.0
     min_checklist_accuracy: float = 0.0
