@@ -1,11 +1,13 @@
 """Batched mask decoding against segment_anything's own modules: the two-way transformer with
-token-side projections, and ``decode_masks`` against ``MaskDecoder.forward`` one query at a time."""
+token-side projections, and ``decode_masks`` (in chunks of any size) against
+``MaskDecoder.forward`` one query at a time."""
 
 import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from gsva.model.mask_decoding import decode_masks
+from gsva.model import mask_decoding
+from gsva.model.mask_decoding import decode_masks, queries_per_chunk
 from gsva.model.two_way_transformer import two_way_transformer
 
 
@@ -41,7 +43,12 @@ def test_token_side_transformer_equals_segment_anything(heads, tokens):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5, msg=lambda message: f"gradient of {name}: {message}")
 
 
-def test_decode_masks_equals_mask_decoder_per_query():
+@pytest.mark.parametrize("queries_in_a_chunk", [1, 2, 5])
+def test_decode_masks_equals_mask_decoder_per_query(monkeypatch, queries_in_a_chunk):
+    """The same masks whether the 5 queries are decoded one, two or five at a time."""
+    per_query = 16 * 8 * 8 * (32 // 8) * 4  # upscaled features of one query, fp32
+    monkeypatch.setitem(mask_decoding.CHUNK_BYTES, "cpu", queries_in_a_chunk * per_query + per_query // 2)
+    assert queries_per_chunk(torch.zeros(2, 32, 8, 8)) == queries_in_a_chunk
     torch.manual_seed(0)
     prompt_encoder = PromptEncoder(embed_dim=32, image_embedding_size=(8, 8), input_image_size=(32, 32), mask_in_chans=4)
     decoder = perturbed(MaskDecoder(
@@ -58,3 +65,12 @@ def test_decode_masks_equals_mask_decoder_per_query():
             sparse_prompt_embeddings=queries[index].view(1, 1, -1), dense_prompt_embeddings=dense, multimask_output=False,
         )
         torch.testing.assert_close(ours[index], reference[0, 0], rtol=0, atol=1e-5)
+
+
+def test_chunks_hold_the_devices_bytes_of_upscaled_features():
+    """32 MiB on a CPU: 4 queries at SAM's 256 x 64 x 64 embedding in fp32, 8 in bf16, and the
+    tiny demo's whole batch; never fewer than one query."""
+    assert queries_per_chunk(torch.zeros(1, 256, 64, 64)) == 4
+    assert queries_per_chunk(torch.zeros(1, 256, 64, 64, dtype=torch.bfloat16)) == 8
+    assert queries_per_chunk(torch.zeros(8, 64, 8, 8)) == 1024
+    assert queries_per_chunk(torch.zeros(1, 256, 512, 512)) == 1

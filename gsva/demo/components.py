@@ -258,10 +258,10 @@ def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, llava: Ll
     the held-out images: ``components.min_clip_patch_accuracy`` and
     ``components.min_clip_image_accuracy``.
 
-    The image's colours in every patch are what makes the LLaVA stage learn on every seed: "is
-    there red?" becomes a read of any patch instead of a search for the red ones, which a seed in
-    five had not found within its steps (held-out checklist accuracy 0.70 after 1500 steps, where
-    it now reaches 0.99 after 400)."""
+    The image's colours in every patch are what lets the LLaVA stage learn within its steps: "is
+    there red?" becomes a read of any patch instead of a search for the red ones (LLaVA stage of
+    600 steps: held-out checklist accuracy 0.54 and 0.86 on two seeds with the patch's colours
+    alone, 0.99 to 1.00 on four seeds with the image's colours too)."""
     tower = llava.vision_tower
     head = torch.nn.Linear(tower.config.hidden_size, 2 * len(data.colours))
     steps = cfg.components.clip_steps

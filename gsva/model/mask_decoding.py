@@ -18,15 +18,25 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 from gsva.model.two_way_transformer import two_way_transformer
 
 
-QUERIES_PER_CHUNK = {"cpu": 4}
-"""Queries decoded together, by device type (others: ``DEFAULT_QUERIES_PER_CHUNK``). Each query
-carries its own copy of the image embedding through the two-way transformer and the upscaling, so
-chunks bound the memory of large evaluation batches; on a CPU, small chunks also keep the working
-set near the caches, forward and backward (for 4 queries of the tiny reference shape the upscaled
-features alone are 34 MB). On a 2-core CPU at those dims a training step with 10 expressions per
-image took 5.07 s in one call and 4.26 s in chunks of 4, with the same loss. A GPU, which waits on
-kernel launches at these sizes, decodes larger chunks."""
-DEFAULT_QUERIES_PER_CHUNK = 16
+CHUNK_BYTES = {"cpu": 32 * 2**20}
+"""Bytes of upscaled mask features decoded together, by device type (others:
+``DEFAULT_CHUNK_BYTES``). Each query carries its own copy of the image embedding through the
+two-way transformer and the upscaling, so chunks bound the memory of large evaluation batches; on
+a CPU, chunks of about 32 MiB also keep the working set near the caches, forward and backward. At
+the tiny reference shape (8 MiB of upscaled features per query, so 4 queries a chunk) a 2-core
+training step with 10 expressions per image took 5.07 s in one call and 4.26 s in chunks. The
+demo's SAM (32 KiB per query) decodes a whole batch at once: chunks of 4 queries made its SAM
+stage 2.9x slower at 2 threads (2.98 against 8.49 steps/s). A GPU, which waits on kernel launches
+at these sizes, decodes larger chunks."""
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+def queries_per_chunk(image_embeddings: torch.Tensor) -> int:
+    """How many queries ``decode_masks`` decodes together on (B, C, h, w) ``image_embeddings``:
+    as many as fit their upscaled features, (4h, 4w, C/8) each, in the device's ``CHUNK_BYTES``."""
+    _, channels, height, width = image_embeddings.shape
+    per_query = 16 * height * width * (channels // 8) * image_embeddings.element_size()
+    return max(1, CHUNK_BYTES.get(image_embeddings.device.type, DEFAULT_CHUNK_BYTES) // per_query)
 
 
 def decode_masks(
@@ -37,14 +47,14 @@ def decode_masks(
     query_to_image: torch.Tensor,
 ) -> torch.Tensor:
     """Low-resolution mask logits for each query, decoded a chunk of queries at a time
-    (``QUERIES_PER_CHUNK``).
+    (``queries_per_chunk``).
 
     image_embeddings: (B, C, h, w) SAM image embeddings.
     queries: (Q, C) sparse prompt embeddings (one token per query).
     query_to_image: (Q,) long, image index of each query.
     Returns (Q, 4h, 4w) mask logits.
     """
-    size = QUERIES_PER_CHUNK.get(queries.device.type, DEFAULT_QUERIES_PER_CHUNK)
+    size = queries_per_chunk(image_embeddings)
     chunks = [
         _decode_chunk(mask_decoder, prompt_encoder, image_embeddings, queries[start : start + size], query_to_image[start : start + size])
         for start in range(0, queries.shape[0], size)
