@@ -135,7 +135,7 @@ def check_quality(stage: str, measure: str, value: float, floor: float, floor_ke
         raise ComponentQualityError(
             f"{stage} did not learn enough: held-out {measure} {value:.3f} is below the floor {floor:.2f} "
             f"({floor_key}). GSVA cannot learn on this component. Give the stage more steps ({steps_key}) "
-            "and run again: nothing was saved, so every component is trained afresh."
+            "and run again: no component was saved, so every stage runs afresh."
         )
 
 
@@ -410,7 +410,7 @@ def checklist_held_out_accuracy(cfg: Config, llava: LlavaModel, tokenizer, held_
 def prepare_components(cfg: Config) -> ComponentPaths:
     """Pretrain and save the tiny SAM and LLaVA under ``cfg.components.output_dir`` if absent.
     Each stage measures its held-out quality on ``data.eval_split`` and stops the run with
-    ``ComponentQualityError`` when it is below its floor (nothing is saved then)."""
+    ``ComponentQualityError`` when it is below its floor (no component is saved then)."""
     paths = ComponentPaths.under(cfg.components.output_dir)
     if paths.complete():
         return paths
