@@ -13,7 +13,7 @@ def test_a_stage_below_its_floor_stops_with_its_name_and_measurement(synthetic_r
     """Two steps of a stage cannot do its job: that stage stops the run at the check whose floor is
     set (the other checks, with floor 0, pass) and nothing is saved."""
     stage, steps_key, floor_key, measure = check
-    overrides = [f"components.{key}=2" for _, key, _, _ in COMPONENT_CHECKS]
+    overrides = [f"components.{key}=2" for key in dict.fromkeys(steps for _, steps, _, _ in COMPONENT_CHECKS)]  # CLIP has two checks
     overrides += [f"components.{key}={0.6 if key == floor_key else 0.0}" for _, _, key, _ in COMPONENT_CHECKS]
     cfg = tiny_config(
         synthetic_root, tokenizer_dir, "components.enabled=true", f"components.output_dir={tmp_path / 'components'}", *overrides
