@@ -19,7 +19,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from gsva.data.catalog import DATASETS, TASKS, check_benchmark, datasets_of_task
+from gsva.data.sample_builder import AllRejected, MapillaryUnlabeled, PartTargets, SlotOrder
 from gsva.demo.settings import ComponentPretrainConfig, SyntheticSpec
+from gsva.text.prompts import PromptStyle
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,10 @@ class RunConfig:
     eval_every: int = 0
     eval_each_epoch: bool = False
     eval_batch_size: int = 8
+    eval_prompt_style: Literal["gsva", "gsva_release", "lisa"] = "gsva"
+    """How evaluations during and after training ask their prompts (``eval.py --prompt-style``)."""
+    eval_metric_variant: Literal["gres", "gsva"] = "gres"
+    """Which gIoU/cIoU variant training logs and prints (both are in ``metrics.json``)."""
 
 
 @dataclass
@@ -57,13 +63,52 @@ class DataConfig:
     eval_dataset: str = "grefcoco"
     eval_split: str = "val"
     num_classes_per_sample: int = 5
+    prompt_style: PromptStyle = "gsva"
+    """Training questions, answers and how they write expressions: ``gsva`` (this project's) or
+    ``gsva_release``, the authors' released training code's, character for character (its four
+    questions and five answer forms, expressions stripped of surrounding spaces and dots and
+    lower-cased in the question, class names with their underscores; LISA's phrasings for
+    reasoning queries). Evaluation prompts are chosen apart (``run.eval_prompt_style``)."""
+    slot_order: SlotOrder = "shuffled"
+    """Order of the targets of a sample whose image has fewer candidates than it may ask (all are
+    asked): ``shuffled``, or ``listed`` (expressions in the order of the refs file, classes by id,
+    part instances in annotation order, reasoning queries as written) as the authors' released
+    code keeps them. A sample drawn among as many candidates or more is in random order either
+    way."""
     absent_class_rate: float = 0.0
+    """Semantic segmentation: chance that a sample also names made-up absent classes, answered
+    ``[REJ]``. The authors' released code has none (0): its ``[REJ]`` come from the data only."""
+    all_rejected: AllRejected = "swap_one"
+    """Referring segmentation: a draw of only no-target expressions gets one of them swapped for an
+    expression of the image that has a target (``swap_one``), or is drawn again (``redraw``, the
+    authors' released code: the mixture draws a dataset of the task and an image anew; a full pass
+    redraws the dataset's first image)."""
     single_target_rate: float = 0.0
+    """Chance that a sample with one existing target is asked with the classic single-``[SEG]``
+    phrasing. The authors' released code never does (0)."""
+    part_targets: PartTargets = "class"
+    """PACO-LVIS and PASCAL-Part: a target is a class (the union of its instances in the image), or
+    one annotated instance (``instance``, the authors' released code)."""
+    mapillary_unlabeled: MapillaryUnlabeled = "ignore"
+    """Mapillary's "unlabeled" label: never a target (``ignore``), or a class like any other
+    (``class``, the authors' released code)."""
     explanatory_rate: float = 0.0
+    """ReasonSeg: chance that an answer not drawn text-only carries the image's explanation after
+    its ``[SEG]`` (images that have one). The authors' released code: 0.5."""
+    explanatory_text_only_rate: float = 0.0
+    """ReasonSeg: chance that an image with an explanation is answered by the explanation alone
+    (no ``[SEG]``, no mask). The authors' released code: 0.1 (its ``--explanatory``)."""
+    reason_seg_queries_per_image: Optional[int] = 1
+    """ReasonSeg: queries of an image asked per sample, one conversation each (fewer when the image
+    has fewer); null = ``num_classes_per_sample``, as the authors' released code."""
     conversation: Literal["llava_v1", "llava_llama_2"] = "llava_v1"
     sam_image_size: int = 1024
     clip_image_size: int = 224
     model_max_length: int = 512
+    """Tokens per conversation before the image placeholder becomes the image's patch tokens: a
+    dialogue is cut there, a training prompt drops whole targets to fit. The authors' released code
+    cuts every conversation of a batch at 1024 tokens counted after the 256 CLIP patches replace
+    the placeholder, i.e. at 769 here (1024 - 256 + 1)."""
     num_workers: int = 2
     group_by_length: bool = False
     pin_memory: bool = True
@@ -125,6 +170,19 @@ class ModelConfig:
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
     mask_loss_normalization: Literal["authors", "seg_only"] = "authors"
+    mm_projector_init: Literal["pretrained", "random"] = "pretrained"
+    """The (frozen) image projector: ``pretrained`` = the LLaVA checkpoint's; ``random`` = a fresh
+    projector of the same type with PyTorch's default ``nn.Linear`` initialisation, as the authors'
+    released code trains (it rebuilds the projector after loading LLaVA). A random projector is
+    saved with the trainable weights, and a GSVA weights file that holds one always wins."""
+    new_token_init: Literal["mean", "normal"] = "mean"
+    """Rows added to the embeddings and lm_head for the task tokens: ``mean`` = the mean of the
+    checkpoint's rows (transformers' mean resizing); ``normal`` = N(0, initializer_range = 0.02),
+    what transformers 4.44, pinned by the authors' released code, gives them."""
+    use_im_start_end: Literal["auto", True, False] = "auto"
+    """Wrap the image in ``<im_start>``/``<im_end>`` (and add both tokens after ``[SEG]``/``[REJ]``):
+    ``auto`` = as the LLaVA checkpoint's ``mm_use_im_start_end`` says (``tiny.use_im_start_end``
+    for a random tiny LLaVA); ``true`` always, as the authors' released code does; ``false`` never."""
 
 
 @dataclass
@@ -145,8 +203,13 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     mode: Literal["steps", "epochs"] = "steps"
-    steps: int = 50000
+    steps: int = 5000
+    """Optimizer updates in ``steps`` mode (each of ``micro_batch_size`` x ``grad_accum_steps`` x
+    ranks samples)."""
     epochs: int = 10
+    lr_decay_steps: Optional[int] = None
+    """Optimizer step at which the linear decay would reach 0; None = the run's own last step.
+    The released code fixes it at 5,000 even when finetuning for fewer updates."""
     save_every: int = 5000
     keep_last: int = 2
 
@@ -245,6 +308,7 @@ def validate(cfg: Config) -> None:
     if cfg.data.num_classes_per_sample < 1:
         raise ConfigError("data.num_classes_per_sample must be >= 1")
     _validate_tasks(cfg.data)
+    _validate_sampling(cfg.data)
     for index, spec in enumerate(cfg.run.eval_benchmarks):
         try:
             check_benchmark(spec)
@@ -268,6 +332,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.zero_stage: {cfg.optim.zero_stage} not supported; expected 0, 1 or 2")
     _validate_global_batch(cfg.optim)
     _validate_minimums(cfg)
+    _validate_model(cfg.model)
 
 
 def _validate_tasks(data: DataConfig) -> None:
@@ -287,10 +352,25 @@ def _validate_tasks(data: DataConfig) -> None:
     if data.eval_dataset not in DATASETS or DATASETS[data.eval_dataset].task != "refer_seg":
         known = datasets_of_task("refer_seg")
         raise ConfigError(f"data.eval_dataset: {data.eval_dataset!r} is not a referring dataset; expected one of {known}")
-    for key in ("absent_class_rate", "single_target_rate", "explanatory_rate"):
+
+
+def _validate_sampling(data: DataConfig) -> None:
+    """Rates are probabilities; counts are positive."""
+    for key in ("absent_class_rate", "single_target_rate", "explanatory_rate", "explanatory_text_only_rate"):
         value = getattr(data, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"data.{key} must be within [0, 1], got {value}")
+    if data.reason_seg_queries_per_image is not None and data.reason_seg_queries_per_image < 1:
+        raise ConfigError(
+            f"data.reason_seg_queries_per_image must be >= 1 or null (= data.num_classes_per_sample), "
+            f"got {data.reason_seg_queries_per_image}"
+        )
+
+
+def _validate_model(model: ModelConfig) -> None:
+    """Choices that a ``Literal`` check lets through: YAML 1 and 0 compare equal to true and false."""
+    if not (isinstance(model.use_im_start_end, bool) or model.use_im_start_end == "auto"):
+        raise ConfigError(f"model.use_im_start_end: {model.use_im_start_end!r} is not allowed; expected auto, true or false")
 
 
 def _validate_global_batch(optim: OptimConfig) -> None:
@@ -337,7 +417,10 @@ def check_global_batch(cfg: Config, world_size: int) -> None:
 
 def _validate_minimums(cfg: Config) -> None:
     """Counts and limits that have a lower bound."""
+    lr_decay_steps = cfg.schedule.lr_decay_steps
     for key, value, minimum in (
+        ("schedule.steps", cfg.schedule.steps, 1),
+        ("schedule.lr_decay_steps", lr_decay_steps if lr_decay_steps is not None else cfg.optim.warmup_steps + 1, cfg.optim.warmup_steps + 1),
         ("optim.max_consecutive_nonfinite", cfg.optim.max_consecutive_nonfinite, 1),
         ("data.max_bad_samples", cfg.data.max_bad_samples, 0),
         ("data.prefetch_factor", cfg.data.prefetch_factor, 1),

@@ -1,13 +1,11 @@
 """Parity with the authors' model: their released weight format, imported and run by our pipeline,
 reproduces their outputs stage by stage.
 
-The kit (``GSVA_PARITY_KIT``, a folder kept outside the repository) holds the authors' model at tiny
-random weights in the layout of their released ``gsva-7b-*.bin``, the base LLaVA/CLIP configs and
-tokenizer, a gRefCOCO-format dataset, and what THEIR code computed on it: for each validation image
-the prompt ids, both encoders' uint8 inputs, the first-pass logits, the re-evaluation hidden states,
-the mask queries, the low-resolution and full-resolution mask logits and every decision; for one
-training batch, the four losses. Its ``dims.json`` gives every size, so another kit (other seeds,
-images or tokenizer) runs through the same checks.
+The kit (``tests/parity_kit.py``) holds, for each validation image, what the authors' code
+computed: the prompt ids, both encoders' uint8 inputs, the first-pass logits, the re-evaluation
+hidden states, the mask queries, the low-resolution and full-resolution mask logits and every
+decision; for one training batch, the four losses. ``tests/test_trajectory_parity.py`` checks their
+training over three optimizer updates.
 
 Mask areas: a pixel whose logit lies within the logit tolerance of zero may fall on either side
 of it in two correct fp32 implementations (a different summation order moves logits by ~1e-6), so
@@ -18,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,24 +23,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 import gsva.model.gsva as gsva_module
-from gsva.data.samples import Collator, ConversationSample, ImageSample
-from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
+from gsva.data.samples import Collator
 from gsva.evaluation.benchmarks import open_benchmark, parse_benchmark
 from gsva.evaluation.settings import EvalSettings
 from gsva.pipeline import Pipeline, from_pretrained
 from tests.conftest import REPO, child_environment
+from tests.parity_kit import KIT, import_kit_weights, kit_json, official_micro_batch, requires_kit
 
-KIT_VARIABLE = "GSVA_PARITY_KIT"
-KIT = Path(os.environ[KIT_VARIABLE]) if os.environ.get(KIT_VARIABLE) else None
-pytestmark = pytest.mark.skipif(
-    KIT is None or not (KIT / "gsva-tiny.bin").is_file(),
-    reason=f"{KIT_VARIABLE} is not set to a parity kit folder (gsva-tiny.bin, base/, dataset/, eval/, train/): "
-    "nothing to compare against",
-)
+pytestmark = requires_kit("eval")
 EVAL_CASES = sorted(path.name for path in (KIT / "eval").iterdir()) if KIT is not None and (KIT / "eval").is_dir() else []
 LOGIT_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-4
@@ -51,58 +41,10 @@ BENCHMARK = "grefcoco:val"
 PROMPT_STYLE = "gsva_release"
 
 
-def _kit_json(*parts: str) -> dict:
-    return json.loads(KIT.joinpath(*parts).read_text())
-
-
-def _base_config(dims: dict) -> dict:
-    """The config of the kit's model: the tiny SAM sizes and both encoders' input sides (LLaVA and
-    CLIP are read from the imported folders)."""
-    encoder, decoder = dims["sam"]["image_encoder"], dims["sam"]["mask_decoder"]
-    return {
-        "data": {
-            "sam_image_size": encoder["img_size"],
-            "clip_image_size": dims["clip_vision"]["image_size"],
-            "model_max_length": dims["bench"]["model_max_length"],
-            "conversation": dims["gsva"]["conv_type"],
-        },
-        "model": {
-            "sam_type": "tiny",
-            "precision": "fp32",
-            "lora_dropout": dims["gsva"]["lora_dropout"],
-            "tiny": {
-                "sam_embed_dim": encoder["embed_dim"],
-                "sam_depth": encoder["depth"],
-                "sam_heads": encoder["num_heads"],
-                "sam_patch_size": encoder["patch_size"],
-                "sam_window_size": encoder["window_size"],
-                "sam_global_attn_indexes": encoder["global_attn_indexes"],
-                "prompt_embed_dim": decoder["transformer_dim"],
-                "decoder_mlp_dim": decoder["transformer_mlp_dim"],
-                "decoder_heads": decoder["transformer_num_heads"],
-            },
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory) -> Path:
     """``scripts/import_weights.py`` on the kit's .bin, exactly as a user runs it."""
-    root = tmp_path_factory.mktemp("parity")
-    dims = _kit_json("dims.json")
-    base = root / "base.yaml"
-    base.write_text(yaml.safe_dump(_base_config(dims)))
-    out = root / "imported"
-    command = [
-        sys.executable, str(REPO / "scripts" / "import_weights.py"), "--format", "gsva-bin",
-        "--weights", str(KIT / "gsva-tiny.bin"), "--llava", str(KIT / "base" / "llava-tiny"),
-        "--vision-tower", str(KIT / "base" / "clip-vit-tiny"), "--config", str(base),
-        "--lora-alpha", str(dims["gsva"]["lora_alpha"]), "--out", str(out),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=child_environment(), cwd=REPO)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "unplaced 0, missing 0, shape mismatches 0" in result.stdout
-    return out
+    return import_kit_weights(tmp_path_factory.mktemp("parity"))
 
 
 def _pipeline(imported: Path, *overrides: str) -> Pipeline:
@@ -161,7 +103,7 @@ def traced(imported) -> dict[str, Traced]:
         patch.setattr(gsva_module, "postprocess_masks", postprocess_masks)
         for case in EVAL_CASES:
             stages.clear()
-            image_id = _kit_json("eval", case, "meta.json")["image_id"]
+            image_id = kit_json("eval", case, "meta.json")["image_id"]
             batch = collate([dataset[item_of_image[image_id]]])
             (prediction,) = model.predict_teacher_forced(batch)
             height, width = batch.resized_sizes[0]
@@ -179,11 +121,11 @@ def traced(imported) -> dict[str, Traced]:
 
 def _authors_decisions(case: str) -> list[bool]:
     """Per slot: rejected by the authors' model."""
-    return [slot["decision"] == "REJ" for slot in _kit_json("eval", case, "result.json")["slots"]]
+    return [slot["decision"] == "REJ" for slot in kit_json("eval", case, "result.json")["slots"]]
 
 
 def _authors_areas(case: str) -> list[int]:
-    areas = _kit_json("eval", case, "mask_areas.json")["mask_area_logits_gt_0"]
+    areas = kit_json("eval", case, "mask_areas.json")["mask_area_logits_gt_0"]
     return [areas[str(slot)] for slot in range(len(areas))]
 
 
@@ -238,45 +180,11 @@ def test_eval_cli_reproduces_decisions_and_mask_areas(imported, traced, tmp_path
         record = json.loads(line)
         by_image.setdefault(record["image_id"], []).append(record)
     for case in EVAL_CASES:
-        meta = _kit_json("eval", case, "meta.json")
+        meta = kit_json("eval", case, "meta.json")
         records = by_image[meta["image_id"]]
         assert [record["expression"] for record in records] == meta["sentences_as_used"]
         assert [record["rejected"] for record in records] == _authors_decisions(case)
         _check_areas([record["pred_area"] for record in records], case, traced[case].full_res)
-
-
-def _training_batch(collate: Collator, clip_size: int, seg_id: int, rej_id: int):
-    """The authors' training batch as our batch: their token ids and labels, our preprocessing of
-    their JPEGs (checked against their uint8 inputs), their ground-truth masks."""
-    train = KIT / "train"
-    input_ids, labels = np.load(train / "input_ids.npy"), np.load(train / "labels.npy")
-    attention = np.load(train / "attention_masks.npy")
-    offsets = np.load(train / "offset.npy").tolist()
-    samples = []
-    for image_index, (first, last) in enumerate(zip(offsets[:-1], offsets[1:])):
-        image = read_rgb(str(train / f"image_{image_index}.jpg"))
-        sam_image, clip_image = sam_resize(image, collate.sam_image_size), clip_resize_crop(image, clip_size)
-        np.testing.assert_array_equal(sam_image.permute(1, 2, 0).numpy(), np.array(Image.open(train / f"sam_resized_{image_index}.png")))
-        np.testing.assert_array_equal(clip_image.permute(1, 2, 0).numpy(), np.array(Image.open(train / f"clip_crop_{image_index}.png")))
-        masks = np.load(train / f"gt_masks_{image_index}.npz")["masks"].astype(np.uint8)
-        conversations, slot = [], 0
-        for row in range(first, last):
-            length = int(attention[row].sum())
-            ids = input_ids[row, :length].tolist()
-            positions = [position for position, token in enumerate(ids) if token in (seg_id, rej_id)]
-            is_seg = [ids[position] == seg_id for position in positions]
-            conversations.append(ConversationSample(
-                input_ids=ids, labels=labels[row, :length].tolist(), target_masks=masks[slot : slot + len(positions)],
-                slot_exists=is_seg, slot_positions=positions, slot_is_seg=is_seg,
-            ))
-            slot += len(positions)
-        assert slot == masks.shape[0]
-        samples.append(ImageSample(sam_image=sam_image, clip_image=clip_image, original_size=image.shape[:2],
-                                   resized_size=tuple(sam_image.shape[1:]), conversations=conversations))
-    batch = collate(samples)
-    np.testing.assert_array_equal(batch.input_ids.numpy(), input_ids)
-    np.testing.assert_array_equal(batch.labels.numpy(), labels)
-    return batch
 
 
 @pytest.mark.parametrize("normalization", ["authors", "seg_only"])
@@ -290,7 +198,7 @@ def test_training_losses_match_the_authors(imported, normalization):
     cfg, tokenizer, model = pipeline.cfg, pipeline.tokenizer, pipeline.model
     model.train()
     seg_id, rej_id = model.token_ids.seg_ids[0], model.token_ids.rej_id
-    batch = _training_batch(Collator(tokenizer.pad_token_id, cfg.data.sam_image_size), cfg.data.clip_image_size, seg_id, rej_id)
+    batch = official_micro_batch(KIT / "train", Collator(tokenizer.pad_token_id, cfg.data.sam_image_size), cfg.data.clip_image_size, seg_id, rej_id)
     losses = model(batch)
     ours = {
         "ce_loss": float(losses.ce) * cfg.model.ce_loss_weight,
@@ -298,7 +206,7 @@ def test_training_losses_match_the_authors(imported, normalization):
         "mask_dice_loss": float(losses.dice) * cfg.model.dice_loss_weight,
         "loss": float(losses.total.detach()),
     }
-    reference = _kit_json("train", "losses.json")["reference"]
+    reference = kit_json("train", "losses.json")["reference"]
     relative = {name: abs(ours[name] - reference[name]) / abs(reference[name]) for name in ours}
     if normalization == "authors":
         assert max(relative.values()) < LOSS_TOLERANCE, relative

@@ -38,7 +38,9 @@ def test_pretrain_recipe(model: str):
     assert cfg.optim.micro_batch_size * PAPER_GPUS * cfg.optim.grad_accum_steps == 160
     assert cfg.optim.lr == 3e-4 and cfg.optim.weight_decay == 0.0 and cfg.optim.grad_clip == 1.0
     assert cfg.optim.warmup_steps == 100 and cfg.optim.zero_stage == 2
-    assert total_optimizer_steps(MixtureSampler(2, 0, PAPER_GPUS), cfg) == 50000
+    # Table A3's 50,000 steps are micro-steps: 5,000 updates of 160 samples (800,000 samples).
+    assert total_optimizer_steps(MixtureSampler(2, 0, PAPER_GPUS), cfg) == 5000
+    assert cfg.schedule.lr_decay_steps is None
     assert (cfg.model.ce_loss_weight, cfg.model.bce_loss_weight, cfg.model.dice_loss_weight) == (1.0, 2.0, 0.5)
     weights = {task: spec.weight for task, spec in cfg.data.tasks.items()}
     assert weights == {"sem_seg": 9, "refer_seg": 6, "vqa": 3, "reason_seg": 1}
@@ -67,7 +69,7 @@ def test_classic_res_finetune_recipe(model: str):
     assert cfg.model.lora_r == MODELS[model][0]
     assert sorted(cfg.data.tasks["refer_seg"].datasets) == ["refclef", "refcoco", "refcoco+", "refcocog"]
     assert list(cfg.data.tasks) == ["refer_seg"]
-    assert cfg.optim.lr == 1e-4 and cfg.schedule.mode == "steps" and cfg.schedule.steps == 50000
+    assert cfg.optim.lr == 1e-4 and cfg.schedule.mode == "steps" and cfg.schedule.steps == 5000
 
 
 def test_base_sections_merge_and_mappings_replace(tmp_path: Path):

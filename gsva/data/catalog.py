@@ -26,7 +26,7 @@ from gsva.data.refer_seg.dataset import ReferSegDataset
 from gsva.data.refer_seg.reader import ReferIndex, check_refer_seg
 from gsva.data.sample_builder import SampleBuilder
 from gsva.data.sem_seg.dataset import Ade20kEvalDataset, SemSegDataset
-from gsva.data.sem_seg.reader import check_sem_seg, open_semseg_source
+from gsva.data.sem_seg.reader import LabelOptions, check_sem_seg, open_semseg_source
 from gsva.data.vqa.dataset import VqaDataset
 from gsva.data.vqa.reader import LlavaInstruct, check_vqa
 
@@ -38,7 +38,8 @@ QuestionStyle = Literal["gsva", "lisa"]
 
 
 def _sem_seg_training(name: str, root: Path, split: str, builder: SampleBuilder) -> TrainingDataset:
-    return SemSegDataset(open_semseg_source(name, root, "train"), builder)
+    options = LabelOptions(mapillary_unlabeled_is_class=builder.settings.mapillary_unlabeled == "class")
+    return SemSegDataset(open_semseg_source(name, root, "train", options), builder)
 
 
 def _refer_training(name: str, root: Path, split: str, builder: SampleBuilder) -> TrainingDataset:

@@ -17,6 +17,12 @@ same sample, and resuming at micro-step m reproduces the run exactly.
   so that a micro-batch holds prompts of similar length (less padding) and the order stays a pure
   function of (seed, epoch).
 
+Redraws (``data.all_rejected: redraw``): a dataset raises ``RedrawSample`` when its draw must not
+be trained on (a referring draw of only no-target expressions) and the stream draws again with the
+same rng, as the authors' released code does (data/refer_seg_dataset.py:280-281 of the release):
+the mixture draws a dataset of the same task uniformly, then an image; a full pass takes the
+dataset's first image (their ``__getitem__(0)`` without sampling), drawn anew.
+
 Bad samples (``on_bad_sample``, ``data.on_bad_sample`` in the config): with ``"error"`` a
 ``BadSampleError`` of a dataset stops training, naming the file; with ``"skip"`` the stream draws a
 replacement, attempt a = 1, 2, … seeded from the key and a (another draw of the mixture, or
@@ -43,6 +49,13 @@ LENGTH_GROUP_BATCHES = 64
 MAX_SAMPLE_ATTEMPTS = 8
 """With ``on_bad_sample="skip"``: samples tried per key (the key's own and its replacements)."""
 
+MAX_REDRAWS = 1000
+"""Draws in a row that may raise ``RedrawSample`` before the stream gives up."""
+
+
+class RedrawSample(Exception):
+    """Raised by a dataset's ``sample`` for a draw that must be drawn again (see the module docstring)."""
+
 
 class TrainingDataset(Protocol):
     """What a stream needs of a dataset."""
@@ -58,6 +71,9 @@ class TrainingDataset(Protocol):
 Choice = tuple[TrainingDataset, int, random.Random]
 """(dataset, image index, the rng for the sample's own choices)."""
 
+Redraw = Callable[[TrainingDataset, random.Random], tuple[TrainingDataset, int]]
+"""Where a stream draws again after a ``RedrawSample`` of a dataset: (dataset, image index)."""
+
 
 def _check_not_empty(datasets: list[TrainingDataset]) -> None:
     empty = [dataset.name for dataset in datasets if len(dataset) == 0]
@@ -65,8 +81,9 @@ def _check_not_empty(datasets: list[TrainingDataset]) -> None:
         raise ValueError(f"training datasets without any usable image: {empty}; check them with scripts/check_data.py")
 
 
-def _sample_with_policy(choose: Callable[[int], Choice], on_bad_sample: str) -> ImageSample:
-    """The sample of ``choose(0)``; with ``"skip"``, a ``BadSampleError`` moves on to ``choose(1)``,
+def _sample_with_policy(choose: Callable[[int], Choice], on_bad_sample: str, redraw: Redraw) -> ImageSample:
+    """The sample of ``choose(0)`` (drawn again where ``redraw`` says while it raises
+    ``RedrawSample``); with ``"skip"``, a ``BadSampleError`` moves on to ``choose(1)``,
     ``choose(2)``, … and the sample returned lists the skipped ones in its first conversation's
     ``metadata["skipped"]``."""
     attempts = MAX_SAMPLE_ATTEMPTS if on_bad_sample == "skip" else 1
@@ -74,7 +91,7 @@ def _sample_with_policy(choose: Callable[[int], Choice], on_bad_sample: str) -> 
     for attempt in range(attempts):
         dataset, item, rng = choose(attempt)
         try:
-            sample = dataset.sample(item, rng)
+            sample = _sample_redrawing(dataset, item, rng, redraw)
         except BadSampleError as error:
             if on_bad_sample == "error":
                 raise
@@ -88,6 +105,20 @@ def _sample_with_policy(choose: Callable[[int], Choice], on_bad_sample: str) -> 
     raise RuntimeError(
         f"{attempts} samples drawn in a row were bad (data.on_bad_sample=skip), the last: {last['source']}: "
         f"{last['reason']}; check the data with scripts/check_data.py"
+    )
+
+
+def _sample_redrawing(dataset: TrainingDataset, item: int, rng: random.Random, redraw: Redraw) -> ImageSample:
+    """``dataset.sample(item, rng)``, drawn again where ``redraw`` says, with the same ``rng``, while
+    it raises ``RedrawSample`` (at most ``MAX_REDRAWS`` times)."""
+    for _ in range(MAX_REDRAWS):
+        try:
+            return dataset.sample(item, rng)
+        except RedrawSample:
+            dataset, item = redraw(dataset, rng)
+    raise RuntimeError(
+        f"{MAX_REDRAWS} draws in a row had to be drawn again (data.all_rejected=redraw), the last of "
+        f"{dataset.name}: check that its images have expressions with a target"
     )
 
 
@@ -126,7 +157,13 @@ class MixtureStream:
         return dataset, rng.randrange(len(dataset)), rng
 
     def __getitem__(self, draw: int) -> ImageSample:
-        return _sample_with_policy(lambda attempt: self.choose(draw, attempt), self.on_bad_sample)
+        return _sample_with_policy(lambda attempt: self.choose(draw, attempt), self.on_bad_sample, self.redraw)
+
+    def redraw(self, dataset: TrainingDataset, rng: random.Random) -> tuple[TrainingDataset, int]:
+        """Another draw of ``dataset``'s task: one of its datasets uniformly, then an image."""
+        (task,) = [name for name in self.task_names if any(other is dataset for other in self.tasks[name])]
+        other = rng.choice(self.tasks[task])
+        return other, rng.randrange(len(other))
 
 
 class FullPassStream:
@@ -146,7 +183,12 @@ class FullPassStream:
         return self.offsets[-1]
 
     def __getitem__(self, key: tuple[int, int]) -> ImageSample:
-        return _sample_with_policy(lambda attempt: self.choose(key, attempt), self.on_bad_sample)
+        return _sample_with_policy(lambda attempt: self.choose(key, attempt), self.on_bad_sample, self.redraw)
+
+    @staticmethod
+    def redraw(dataset: TrainingDataset, rng: random.Random) -> tuple[TrainingDataset, int]:
+        """The first image of ``dataset`` (``rng`` draws its sample anew)."""
+        return dataset, 0
 
     def choose(self, key: tuple[int, int], attempt: int = 0) -> Choice:
         """(dataset, image index, the rng for the sample's own choices) of ``key`` = (epoch,

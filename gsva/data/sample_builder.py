@@ -8,16 +8,21 @@ names; ``SampleBuilder`` decides how they are asked and answered:
   prompt); with one existing target it may use the classic single-``[SEG]`` phrasing; a prompt
   over the token limit asks fewer targets (whole ones dropped from the end, never a slot);
 - ``evaluation``: fixed questions answered with the ground truth, one conversation per query;
-- ``sentence``: one long reasoning query answered by one ``[SEG]`` (optionally explained);
+- ``reasoning`` (``sentence`` for one sentence query): one conversation per reasoning query,
+  answered by one ``[SEG]``, optionally followed by an explanation, or by the explanation alone;
 - ``dialogue``: question/answer turns without any mask (VQA, language-modelling loss only).
+
+Training questions and answers come from the phrasing of ``SampleSettings.prompt_style``
+(``gsva.text.prompts.TRAIN_PHRASINGS``).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -25,14 +30,13 @@ from transformers import PreTrainedTokenizerBase
 from gsva.data.bad_samples import BadSampleError
 from gsva.text.prompts import (
     EVAL_SINGLE_ANSWER,
-    EXPLAIN_SUFFIXES,
-    SENTENCE_QUESTIONS,
-    SINGLE_ANSWERS,
-    SINGLE_TARGET_QUESTIONS,
+    TRAIN_PHRASINGS,
     PromptSettings,
+    PromptStyle,
+    ReasoningAnswer,
+    answer_tokens,
     format_slots,
     question_text,
-    sample_train_phrasing,
 )
 from gsva.data.samples import ConversationSample, ImageSample
 from gsva.text.tokenization import TokenizedConversation, tokenize_conversation
@@ -42,10 +46,24 @@ from gsva.text.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN
 if TYPE_CHECKING:  # the config validates dataset names through the catalog, which builds samples
     from gsva.config import DataConfig
 
+SlotOrder = Literal["shuffled", "listed"]
+"""Order of a training sample's targets when it asks every candidate (``data.slot_order``)."""
+
+AllRejected = Literal["swap_one", "redraw"]
+"""What a referring draw whose every expression is no-target becomes (``data.all_rejected``)."""
+
+PartTargets = Literal["class", "instance"]
+"""What a target of PACO-LVIS and PASCAL-Part is (``data.part_targets``)."""
+
+MapillaryUnlabeled = Literal["ignore", "class"]
+"""What Mapillary's "unlabeled" label is (``data.mapillary_unlabeled``)."""
+
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """Knobs of the data path that do not depend on the dataset (``data.*`` in the config)."""
+    """Knobs of the data path (``data.*`` in the config)."""
 
     sam_image_size: int = 1024
     clip_image_size: int = 224
@@ -60,11 +78,29 @@ class SampleSettings:
     single_target_rate: float = 0.0
     """Chance that a sample with exactly one target uses the classic single-``[SEG]`` phrasing."""
     explanatory_rate: float = 0.0
-    """Reasoning segmentation: chance that an answer carries its explanation (when one exists)."""
+    """Reasoning segmentation: chance that an answer not drawn text-only carries its explanation
+    after its ``[SEG]`` (when the image has one)."""
+    explanatory_text_only_rate: float = 0.0
+    """Reasoning segmentation: chance that an image with an explanation is answered by the
+    explanation alone (no slot, no mask)."""
+    reason_seg_queries: int = 1
+    """Reasoning segmentation: at most this many queries of an image per sample, one conversation each."""
+    prompt_style: PromptStyle = "gsva"
+    """Training phrasing (``gsva.text.prompts.TRAIN_PHRASINGS``)."""
+    slot_order: SlotOrder = "shuffled"
+    """``listed``: a sample of fewer candidates than it may ask keeps their listed order."""
+    all_rejected: AllRejected = "swap_one"
+    """Referring segmentation: a draw of only no-target expressions gets one of them swapped for an
+    expression with a target (``swap_one``), or is drawn again (``redraw``, ``RedrawSample``)."""
+    part_targets: PartTargets = "class"
+    """PACO-LVIS and PASCAL-Part: a target is a class (its instances' union) or one instance."""
+    mapillary_unlabeled: MapillaryUnlabeled = "ignore"
+    """Mapillary's "unlabeled" label: never a target, or a class like any other."""
 
     @classmethod
     def from_config(cls, data: DataConfig) -> "SampleSettings":
         """The settings of a config's ``data`` section."""
+        queries = data.reason_seg_queries_per_image
         return cls(
             sam_image_size=data.sam_image_size,
             clip_image_size=data.clip_image_size,
@@ -73,7 +109,22 @@ class SampleSettings:
             absent_class_rate=data.absent_class_rate,
             single_target_rate=data.single_target_rate,
             explanatory_rate=data.explanatory_rate,
+            explanatory_text_only_rate=data.explanatory_text_only_rate,
+            reason_seg_queries=data.num_classes_per_sample if queries is None else queries,
+            prompt_style=data.prompt_style,
+            slot_order=data.slot_order,
+            all_rejected=data.all_rejected,
+            part_targets=data.part_targets,
+            mapillary_unlabeled=data.mapillary_unlabeled,
         )
+
+    def draw_targets(self, candidates: Sequence[T], limit: int, rng: random.Random) -> list[T]:
+        """``limit`` of ``candidates`` (all when there are fewer) drawn without replacement in a
+        random order; with ``slot_order`` ``listed``, fewer candidates than ``limit`` keep their
+        order (the authors' released code draws only when there are at least ``limit``)."""
+        if self.slot_order == "listed" and len(candidates) < limit:
+            return list(candidates)
+        return rng.sample(list(candidates), min(limit, len(candidates)))
 
 
 PER_TARGET_METADATA = ("kinds", "keys", "ann_ids", "class_ids")
@@ -108,6 +159,7 @@ class SampleBuilder:
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.settings = settings
+        self.phrasing = TRAIN_PHRASINGS[settings.prompt_style]
         self._seg_ids = frozenset(tokenizer.convert_tokens_to_ids(prompts.seg_tokens))
         rej_id = tokenizer.convert_tokens_to_ids(REJ_TOKEN) if prompts.use_rej_token else None
         self._slot_ids = self._seg_ids | ({rej_id} if rej_id is not None else set())
@@ -137,22 +189,31 @@ class SampleBuilder:
 
     # ----------------------------------------------------------------- sample kinds
     def segmentation(
-        self, image: np.ndarray, targets: list[SlotTarget], rng: random.Random, metadata: dict[str, Any]
+        self,
+        image: np.ndarray,
+        targets: list[SlotTarget],
+        rng: random.Random,
+        metadata: dict[str, Any],
+        task: str = "refer_seg",
     ) -> ImageSample:
         """A training conversation with a slot per target, phrased at random (absent targets are
-        left out without ``[REJ]``). A prompt over ``max_tokens`` asks fewer targets: whole ones
-        are dropped from the end, never a slot, and ``metadata["dropped_expressions"]`` counts
-        them; one that does not fit even with its first target is a ``BadSampleError``."""
+        left out without ``[REJ]``); ``task`` (of the training mixture) may change how the answer
+        joins its slots. A prompt over ``max_tokens`` asks fewer targets: whole ones are dropped
+        from the end, never a slot, and ``metadata["dropped_expressions"]`` counts them; one that
+        does not fit even with its first target is a ``BadSampleError``."""
         asked = [index for index, target in enumerate(targets) if target.exists or self.prompts.use_rej_token]
         candidates = [targets[index] for index in asked]
         if not candidates:
             raise ValueError(f"sample {metadata}: no target to ask (absent targets are left out without [REJ])")
         if len(candidates) == 1 and candidates[0].exists and rng.random() < self.settings.single_target_rate:
-            question = self._with_image(rng.choice(SINGLE_TARGET_QUESTIONS).format(obj=candidates[0].text))
-            answer = rng.choice(SINGLE_ANSWERS).format(slot=self.prompts.slot_tokens(1)[0])
+            phrasing = self.phrasing
+            question = rng.choice(phrasing.single_questions).format(obj=phrasing.asked(candidates[0].text))
+            answer = rng.choice(phrasing.single_answers).format(slot=self.prompts.slot_tokens(1)[0])
+            question = self._with_image(question)
             count, tokens = 1, self._tokenize([(question, answer)], "error", metadata)
         else:
-            count, tokens = self._fit_targets(candidates, sample_train_phrasing(rng), metadata)
+            turns = self._multi_target_turns(candidates, rng, task)
+            count, tokens = self._fit_targets(len(candidates), turns, metadata)
         kept = candidates[:count]
         conversation_metadata = {
             **metadata,
@@ -225,15 +286,38 @@ class SampleBuilder:
         explanation: str | None,
         metadata: dict[str, Any],
     ) -> ImageSample:
-        """A reasoning query answered with one ``[SEG]`` (+ its explanation when given)."""
-        question = rng.choice(SENTENCE_QUESTIONS).format(sentence=text)
-        answer = rng.choice(SINGLE_ANSWERS).format(slot=self.prompts.slot_tokens(1)[0])
-        if explanation is not None:
-            question = text + rng.choice(EXPLAIN_SUFFIXES)
-            answer = f"{answer} {explanation}"
-        tokens = self._tokenize([(self._with_image(question), answer)], "error", metadata)
-        conversation = self._conversation(tokens, [SlotTarget(text, mask, True)], {**metadata, "expressions": [text]})
-        return self._image_sample(image, [conversation])
+        """One sentence query answered with one ``[SEG]`` (+ ``explanation`` when given)."""
+        answer: ReasoningAnswer = "mask" if explanation is None else "explained"
+        return self.reasoning(image, [text], True, mask, rng, answer, explanation, metadata)
+
+    def reasoning(
+        self,
+        image: np.ndarray,
+        queries: list[str],
+        is_sentence: bool,
+        mask: np.ndarray,
+        rng: random.Random,
+        answer: ReasoningAnswer,
+        explanation: str | None,
+        metadata: dict[str, Any],
+    ) -> ImageSample:
+        """One conversation per reasoning query (whole sentences, or short phrases asked with the
+        single-target questions), all about the same target ``mask``, each answered as ``answer``
+        says: ``[SEG]``, ``[SEG]`` and ``explanation``, or ``explanation`` alone (no slot; such a
+        conversation is cut at ``max_tokens`` like a dialogue)."""
+        if answer != "mask" and explanation is None:
+            raise ValueError(f"sample {metadata}: a {answer!r} answer needs the image's explanation")
+        conversations = []
+        for query in queries:
+            turn = self._reasoning_turn(query, is_sentence, rng, answer, explanation)
+            if answer == "text_only":
+                tokens = self._tokenize([turn], "cut", metadata)
+                conversations.append(self._text_conversation(tokens, image, {**metadata, "kinds": []}))
+            else:
+                tokens = self._tokenize([turn], "error", metadata)
+                target = SlotTarget(query, mask, True)
+                conversations.append(self._conversation(tokens, [target], {**metadata, "expressions": [query]}))
+        return self._image_sample(image, conversations)
 
     def dialogue(self, image: np.ndarray, turns: list[tuple[str, str]], metadata: dict[str, Any]) -> ImageSample:
         """(question, answer) turns; the first question already holds the image placeholder."""
@@ -241,32 +325,52 @@ class SampleBuilder:
             first, answer = turns[0]
             turns = [(first.replace(IMAGE_PLACEHOLDER, self.prompts.image_marker, 1), answer), *turns[1:]]
         tokens = self._tokenize(turns, "cut", metadata)
-        height, width = image.shape[:2]
-        conversation = ConversationSample(
-            input_ids=tokens.input_ids,
-            labels=tokens.labels,
-            target_masks=np.zeros((0, height, width), dtype=np.uint8),
-            slot_exists=[],
-            metadata={**metadata, "expressions": []},
-        )
-        return self._image_sample(image, [conversation])
+        return self._image_sample(image, [self._text_conversation(tokens, image, metadata)])
 
     # ----------------------------------------------------------------- shared steps
     def _with_image(self, question: str) -> str:
         return f"{self.prompts.image_marker}\n{question}"
 
+    def _multi_target_turns(
+        self, targets: list[SlotTarget], rng: random.Random, task: str
+    ) -> Callable[[int], tuple[str, str]]:
+        """The (question, answer) asking the first n of ``targets``, for any n, in a question and
+        answer form drawn from the training phrasing."""
+        question, answer = self.phrasing.draw(rng)
+        joiner = self.phrasing.slot_joiner(task)
+
+        def turn(count: int) -> tuple[str, str]:
+            asked = targets[:count]
+            tokens = answer_tokens([target.exists for target in asked], self.prompts.slot_tokens(count))
+            texts = [target.text for target in asked]
+            return self.phrasing.multi_target_turn(texts, tokens, question, answer, joiner, self.prompts.image_marker)
+
+        return turn
+
+    def _reasoning_turn(
+        self, query: str, is_sentence: bool, rng: random.Random, answer: ReasoningAnswer, explanation: str | None
+    ) -> tuple[str, str]:
+        """(question, answer) of one reasoning query (see ``reasoning``)."""
+        if answer == "text_only":
+            return self._with_image(query), str(explanation)
+        phrasing = self.phrasing
+        if is_sentence:
+            question = rng.choice(phrasing.sentence_questions).format(sentence=query)
+        else:
+            question = rng.choice(phrasing.single_questions).format(obj=phrasing.query(query))
+        reply = rng.choice(phrasing.single_answers).format(slot=self.prompts.slot_tokens(1)[0])
+        if answer == "explained":
+            question = f"{query} {rng.choice(phrasing.explain_requests)}"
+            reply = f"{reply} {explanation}"
+        return self._with_image(question), reply
+
     def _fit_targets(
-        self, targets: list[SlotTarget], templates: tuple[str, str], metadata: dict[str, Any]
+        self, available: int, turn: Callable[[int], tuple[str, str]], metadata: dict[str, Any]
     ) -> tuple[int, TokenizedConversation]:
-        """How many of ``targets``, from the first, a prompt of (question, answer) ``templates``
-        asks within ``max_tokens``, and that prompt's tokens; ``BadSampleError`` if not even one."""
-        question_template, answer_template = templates
-        for count in range(len(targets), 0, -1):
-            texts = [target.text for target in targets[:count]]
-            exists = [target.exists for target in targets[:count]]
-            question = question_text(texts, question_template, self.prompts.image_marker)
-            answer = answer_template.format(slots=format_slots(texts, exists, self.prompts.slot_tokens(count)))
-            tokens = self._tokenize([(question, answer)], "keep", metadata)
+        """The largest n <= ``available`` whose (question, answer) ``turn(n)`` fits in
+        ``max_tokens``, and that prompt's tokens; ``BadSampleError`` if not even n = 1 fits."""
+        for count in range(available, 0, -1):
+            tokens = self._tokenize([turn(count)], "keep", metadata)
             if len(tokens.input_ids) <= self.settings.max_tokens:
                 return count, tokens
         raise self._prompt_too_long(tokens, metadata)
@@ -313,6 +417,19 @@ class SampleBuilder:
             metadata=metadata,
             slot_positions=slot_positions,
             slot_is_seg=[tokens.input_ids[position] in self._seg_ids for position in slot_positions],
+        )
+
+    def _text_conversation(
+        self, tokens: TokenizedConversation, image: np.ndarray, metadata: dict[str, Any]
+    ) -> ConversationSample:
+        """A conversation without any slot (language-modelling loss only)."""
+        height, width = image.shape[:2]
+        return ConversationSample(
+            input_ids=tokens.input_ids,
+            labels=tokens.labels,
+            target_masks=np.zeros((0, height, width), dtype=np.uint8),
+            slot_exists=[],
+            metadata={**metadata, "expressions": []},
         )
 
     def _image_sample(self, image: np.ndarray, conversations: list[ConversationSample]) -> ImageSample:

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -105,8 +105,9 @@ def parameter_groups(model: GsvaModel, cfg: Config) -> list[dict[str, Any]]:
     return [group for group in groups if group["params"]]
 
 
-def warmup_linear_decay(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear warm-up from 0 over ``warmup_steps``, then linear decay to 0."""
+def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier of optimizer step ``step`` (0-based): linear warm-up over ``warmup_steps``,
+    then linear decay that would reach 0 at ``total_steps``."""
 
     def multiplier(step: int) -> float:
         if step < warmup_steps:
@@ -114,6 +115,38 @@ def warmup_linear_decay(warmup_steps: int, total_steps: int):
         return max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
 
     return multiplier
+
+
+def lr_schedule(cfg: Config, total_steps: int) -> Callable[[int], float]:
+    """The recipe's LR multiplier: its decay ends at ``schedule.lr_decay_steps`` when set (the
+    released code's fixed 5,000), else at the run's own ``total_steps``."""
+    decay_steps = cfg.schedule.lr_decay_steps if cfg.schedule.lr_decay_steps is not None else total_steps
+    return warmup_linear_decay(cfg.optim.warmup_steps, decay_steps)
+
+
+def build_engine(model: GsvaModel, cfg: Config, device: torch.device, lr_multiplier: Callable[[int], float]):
+    """The DeepSpeed engine that trains ``model``: AdamW over ``parameter_groups``, gradient
+    accumulation and clipping as ``cfg.optim`` sets them, the LR of optimizer step ``k`` equal to
+    each group's base LR times ``lr_multiplier(k)``."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=parameter_groups(model, cfg),
+        config=deepspeed_config(cfg, device),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier),
+    )
+    return engine
+
+
+def backward_and_step(engine, loss: torch.Tensor) -> bool:
+    """One micro-step's backward (DeepSpeed scales ``loss`` by 1 / accumulation) and the engine's
+    step, which updates the weights (clipped, then AdamW) at the end of each accumulation; returns
+    whether this micro-step ended one."""
+    previous = engine.global_steps
+    engine.backward(loss)
+    engine.step()
+    return engine.global_steps != previous
 
 
 def training_stream(cfg: Config, builder: SampleBuilder) -> MixtureStream | FullPassStream:
@@ -182,10 +215,13 @@ def evaluate_benchmarks(
     cfg: Config, model: GsvaModel, builder: SampleBuilder, device: torch.device, writer: SummaryWriter | None, step: int, final: bool
 ) -> dict[str, dict[str, Any] | None]:
     """Score ``run.eval_benchmarks`` (default: ``data.eval_dataset:data.eval_split``) with the
-    teacher-forced protocol on every rank; the final evaluation also writes its reports and
+    teacher-forced protocol, asked in ``run.eval_prompt_style`` and shown in
+    ``run.eval_metric_variant``, on every rank; the final evaluation also writes its reports and
     overlays under ``<output_dir>/eval`` (named as ``eval.py`` names them)."""
     specs = cfg.run.eval_benchmarks or [f"{cfg.data.eval_dataset}:{cfg.data.eval_split}"]
     settings = EvalSettings(
+        prompt_style=cfg.run.eval_prompt_style,
+        metric_variant=cfg.run.eval_metric_variant,
         batch_size=cfg.run.eval_batch_size,
         visualize=cfg.run.num_visualizations if final else 0,
         output_root=str(Path(cfg.run.output_dir) / "eval") if final else None,
@@ -263,8 +299,6 @@ def log_step(
 
 def train(cfg: Config, resume: str | None = None) -> TrainResult:
     """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
-    import deepspeed
-
     device = init_distributed()
     check_global_batch(cfg, world_size())
     ablated = rejection_ablation_datasets(cfg)
@@ -283,14 +317,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     feature_cache = open_feature_cache(cfg, model)
     stream = training_stream(cfg, builder)
     total_steps = total_optimizer_steps(training_sampler(stream, cfg, 0), cfg)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=parameter_groups(model, cfg),
-        config=deepspeed_config(cfg, device),
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_linear_decay(cfg.optim.warmup_steps, total_steps)
-        ),
-    )
+    engine = build_engine(model, cfg, device, lr_schedule(cfg, total_steps))
     checkpoint_dir = output_dir / "checkpoints"
     micro_step, resumed_checkpoint = resume_from(engine, checkpoint_dir, resume)
     if is_main():
@@ -327,12 +354,10 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
                 if writer is not None:
                     writer.add_scalar("train/skipped_nonfinite_steps", guard.skipped, engine.global_steps)
                 continue
-            engine.backward(losses.total)
-            previous = engine.global_steps
-            engine.step()
+            updated = backward_and_step(engine, losses.total)
             for key in window:  # kept on the device: read back only at logging steps
                 window[key].append(getattr(losses, key).detach())
-            if engine.global_steps == previous:  # inside a gradient accumulation
+            if not updated:  # inside a gradient accumulation
                 continue
             step = engine.global_steps
             progress.update(1)

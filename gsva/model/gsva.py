@@ -69,6 +69,10 @@ class GsvaModel(nn.Module):
         self.cfg = cfg
         self.sam_image_size = sam_image_size
         self.register_buffer("seg_id_tensor", torch.tensor(token_ids.seg_ids), persistent=False)
+        self.frozen_in_weights: set[str] = set()
+        """Frozen parameters that no checkpoint of the config holds (a random projector, or frozen
+        weights read from a GSVA weights file): saved with the trainable weights, and required of
+        a weights file loaded into this model."""
 
     # ----------------------------------------------------------------- shared pieces
     def encode_sam_images(self, batch: GsvaBatch) -> torch.Tensor:

@@ -169,6 +169,14 @@ class LlavaModel(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.get_output_embeddings()(hidden)
 
+    def reinitialise_projector(self) -> None:
+        """Replace the projector's weights by those of a freshly built projector of the same type:
+        PyTorch's default ``nn.Linear`` initialisation (weight and bias uniform in ±1/sqrt(fan_in)),
+        drawn in fp32 and then cast to the projector's dtype, as the authors' released code builds
+        it after loading LLaVA."""
+        fresh = build_projector(self.projector_type, self.vision_tower.config.hidden_size, self.hidden_size)
+        self.mm_projector.load_state_dict(fresh.state_dict())
+
     def llava_config(self) -> dict[str, Any]:
         """The ``mm_*`` fields of the original LLaVA ``config.json``."""
         return {

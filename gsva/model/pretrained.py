@@ -6,7 +6,8 @@ writes from a DeepSpeed checkpoint, and what ``gsva.pipeline.from_pretrained`` (
 
     save_pretrained(model, cfg, "runs/x/final")       # rank 0, each file atomically
 
-Only the trainable weights are stored (see ``gsva.pipeline``).
+Only the trainable weights are stored (see ``gsva.pipeline``), with the frozen ones that no
+checkpoint of the config holds (``gsva.model.weights.stored_parameter_names``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from safetensors.torch import save
 from gsva.atomic import write_bytes_atomic, write_text_atomic
 from gsva.config import Config, config_to_dict
 from gsva.model.gsva import GsvaModel
-from gsva.model.weights import WEIGHTS_NAME
+from gsva.model.weights import WEIGHTS_NAME, stored_parameter_names
 
 CONFIG_NAME = "config.yaml"
 
 
 def trainable_state(model: GsvaModel) -> dict[str, torch.Tensor]:
-    """name -> CPU tensor of every ``requires_grad`` parameter of ``model``."""
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    """name -> CPU tensor of every ``requires_grad`` parameter of ``model`` and of its
+    ``frozen_in_weights`` (``stored_parameter_names``)."""
+    stored = stored_parameter_names(model)
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if name in stored}
 
 
 def write_weights_dir(state: dict[str, torch.Tensor], cfg: Config, directory: str | Path) -> Path:

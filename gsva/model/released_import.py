@@ -30,6 +30,7 @@ from pathlib import Path
 from gsva.config import load_config
 from gsva.text.tokenizer import add_task_tokens, load_tokenizer, task_token_strings
 from gsva.model import released
+from gsva.model.build import resolve_image_markers
 from gsva.model.pretrained import CONFIG_NAME, write_config
 
 TOKENIZER_FILES = (
@@ -102,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
         init_weights=None,
         precision=args.precision,
         gradient_checkpointing=False,
+        mm_projector_init="pretrained",  # llava/ holds the released projector: it must not be redrawn
     )
-    tokens = task_token_strings("shared", 0, model_cfg.use_rej_token, llava_config.get("mm_use_im_start_end", False))
+    image_markers = resolve_image_markers(model_cfg.use_im_start_end, llava_config)
+    tokens = task_token_strings("shared", 0, model_cfg.use_rej_token, image_markers)
     token_ids = check_token_rows(llava_dir, tokens, rows, cfg.data.model_max_length)
     llava_config["vocab_size"] = rows
 

@@ -43,7 +43,8 @@ class TaskVocabulary:
 
 def build_vocabulary(cfg: Config, use_im_start_end: bool) -> TaskVocabulary:
     """The tokenizer of ``model.tokenizer_path`` (default ``model.llava_path``) with GSVA's task
-    tokens (``<im_start>``/``<im_end>`` too when the LLaVA wraps its image patches in them)."""
+    tokens (``<im_start>``/``<im_end>`` too when ``use_im_start_end``: see
+    ``gsva.model.build.uses_image_markers`` for how ``model.use_im_start_end`` decides it)."""
     model_cfg = cfg.model
     tokenizer_path = model_cfg.tokenizer_path or model_cfg.llava_path
     if tokenizer_path is None:

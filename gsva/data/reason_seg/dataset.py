@@ -1,16 +1,26 @@
-"""Reasoning segmentation samples (ReasonSeg): one query, one ``[SEG]``.
+"""Reasoning segmentation samples (ReasonSeg): queries about one target, one ``[SEG]`` each.
 
-A query that is a whole sentence is asked as it is; a short one (``is_sentence`` false) is asked
-like any single target. At ``explanatory_rate`` a sentence query whose image has an explanation
-asks for it, and the answer carries it after the ``[SEG]``.
+A sample asks up to ``reason_seg_queries`` of the image's queries
+(``data.reason_seg_queries_per_image``: 1 by default, ``data.num_classes_per_sample`` in the
+authors' released code), one conversation each. A query that is a whole sentence is asked as it
+is. A short one (``is_sentence`` false) is asked like a referring expression (the multi-target
+prompt, all of the sample's queries in one conversation) when the training phrasing says so
+(``gsva``), else with the single-target questions (``gsva_release``).
+
+An image with an explanation is answered, for all its queries, by the explanation alone at
+``explanatory_text_only_rate``, else by ``[SEG]`` followed by the explanation at
+``explanatory_rate`` (the question then asks for it), else by ``[SEG]``. The authors' released
+code draws text-only at 0.1, then either of the other two with equal chance
+(data/reason_seg_dataset.py:154-194 of the release): rates 0.1 and 0.5.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from gsva.data.reason_seg.reader import ReasonSegIndex
-from gsva.text.prompts import EVAL_SINGLE_QUESTIONS
+from gsva.data.reason_seg.reader import ReasonSegIndex, ReasonSegItem
+from gsva.text.prompts import EVAL_SINGLE_QUESTIONS, ReasoningAnswer
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import ImageSample
 
@@ -32,13 +42,25 @@ class ReasonSegDataset:
         entry = self.index[item]
         image = self.builder.read_image(entry.image_path)
         mask = self.index.read_mask(entry, image.shape[0], image.shape[1])
-        text = rng.choice(entry.texts)
-        metadata = {"dataset": self.name, "image_path": str(entry.image_path), "kinds": ["single"]}
-        if not entry.is_sentence:
-            return self.builder.segmentation(image, [SlotTarget(text=text, mask=mask, exists=True)], rng, metadata)
-        explain = entry.explanation is not None and rng.random() < self.builder.settings.explanatory_rate
-        metadata["explained"] = explain
-        return self.builder.sentence(image, text, mask, rng, entry.explanation if explain else None, metadata)
+        settings = self.builder.settings
+        queries = settings.draw_targets(entry.texts, settings.reason_seg_queries, rng)
+        metadata: dict[str, Any] = {"dataset": self.name, "image_path": str(entry.image_path)}
+        if not entry.is_sentence and self.builder.phrasing.short_queries_as_targets:
+            targets = [SlotTarget(text=query, mask=mask, exists=True) for query in queries]
+            metadata["kinds"] = ["single"] * len(targets)
+            return self.builder.segmentation(image, targets, rng, metadata, self.task)
+        answer = self._answer(entry, rng)
+        metadata.update(kinds=["single"], explained=answer != "mask")
+        return self.builder.reasoning(image, queries, entry.is_sentence, mask, rng, answer, entry.explanation, metadata)
+
+    def _answer(self, entry: ReasonSegItem, rng: random.Random) -> ReasoningAnswer:
+        """How the queries of ``entry`` are answered (see the module docstring)."""
+        if entry.explanation is None:
+            return "mask"
+        settings = self.builder.settings
+        if settings.explanatory_text_only_rate > 0 and rng.random() < settings.explanatory_text_only_rate:
+            return "text_only"
+        return "explained" if rng.random() < settings.explanatory_rate else "mask"
 
 
 class ReasonSegEvalDataset:

@@ -1,7 +1,11 @@
 """Referring segmentation samples (RefCOCO/+/g, RefCLEF, gRefCOCO, Ref-ZOM) with GSVA prompts.
 
 Training (``sample``): one image, up to ``num_classes_per_sample`` of its expressions drawn at
-random, at least one with a target (all-absent samples are never produced), random phrasing.
+random, at least one with a target (all-absent samples are never produced), random phrasing. A
+draw of only no-target expressions (``data.all_rejected``) gets one of them swapped for an
+expression of the image that has a target (``swap_one``; images without any are not training
+items), or raises ``RedrawSample`` for the stream to draw again (``redraw``, as the authors'
+released code; every image with expressions is an item).
 Evaluation (``__getitem__``): every expression of the image, answered with the ground-truth
 slots (teacher forcing reads the decisions off them; generation cuts the answer off), asked in
 one of three ways:
@@ -21,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
+from gsva.data.mixture import RedrawSample
 from gsva.data.refer_seg.reader import ReferIndex, ReferringExpression
 from gsva.text.prompts import EVAL_SINGLE_QUESTIONS
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
@@ -31,7 +36,8 @@ PROMPT_STYLES = ("gsva", "lisa")
 
 
 class ReferSegDataset(Dataset):
-    """Items are the images of ``split`` that have expressions (for training: a target)."""
+    """Items are the images of ``split`` that have expressions (for training with
+    ``all_rejected="swap_one"``: an expression with a target)."""
 
     task = "refer_seg"
 
@@ -53,7 +59,7 @@ class ReferSegDataset(Dataset):
         self.builder = builder
         self.name = index.dataset
         image_ids = index.image_ids(split)
-        if train:
+        if train and builder.settings.all_rejected == "swap_one":
             image_ids = [i for i in image_ids if any(not e.no_target for e in index.expressions(i, split))]
         self.image_ids = image_ids
 
@@ -63,10 +69,12 @@ class ReferSegDataset(Dataset):
     def sample(self, item: int, rng: random.Random) -> ImageSample:
         """A training sample of image ``item`` drawn with ``rng``."""
         expressions = self.index.expressions(self.image_ids[item], self.split)
-        count = self._sample_size(expressions)
-        chosen = rng.sample(expressions, count)
+        settings = self.builder.settings
+        chosen = settings.draw_targets(expressions, settings.num_classes_per_sample, rng)
         if all(e.no_target for e in chosen):
-            chosen[rng.randrange(count)] = rng.choice([e for e in expressions if not e.no_target])
+            if settings.all_rejected == "redraw":
+                raise RedrawSample(f"{self.name} image {self.image_ids[item]}: every expression drawn has no target")
+            chosen[rng.randrange(len(chosen))] = rng.choice([e for e in expressions if not e.no_target])
         return self._build(item, chosen, rng)
 
     def length_hint(self, item: int) -> float:
@@ -98,9 +106,9 @@ class ReferSegDataset(Dataset):
 
     def _build(self, item: int, expressions: list[ReferringExpression], rng: random.Random) -> ImageSample:
         image_id = self.image_ids[item]
-        return self.builder.segmentation(
-            self._read_image(image_id), self._targets(image_id, expressions), rng, self._metadata(item, expressions)
-        )
+        image = self._read_image(image_id)
+        targets, metadata = self._targets(image_id, expressions), self._metadata(item, expressions)
+        return self.builder.segmentation(image, targets, rng, metadata, self.task)
 
     def _read_image(self, image_id: int) -> np.ndarray:
         record = self.index.image(image_id)

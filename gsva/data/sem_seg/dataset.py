@@ -4,11 +4,18 @@ A sample names up to ``num_classes_per_sample`` classes present in the image (ea
 with all its pixels) and, at ``absent_class_rate``, some classes of the dataset that are surely not in
 the image, answered ``[REJ]``. Present and absent classes are phrased from the same class list,
 so the wording never gives the answer away. Ignore labels never become targets.
+
+With ``part_targets="instance"`` a target of a COCO-json source (PACO-LVIS, PASCAL-Part) is one
+annotated instance, named by its class, rather than its class's union: several targets may then
+share a name, as in the authors' released code (data/sem_seg_dataset.py:240-261 and 347-357 of the
+release), whose [REJ] targets come only from the data (``absent_class_rate`` 0).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -46,34 +53,44 @@ class SemSegDataset:
                 f"{self.name}: {MAX_DRAWS_FOR_LABELLED_IMAGE} images in a row had no labelled class; "
                 "check the label files (python scripts/check_data.py)"
             )
-        limit = self.builder.settings.num_classes_per_sample
+        settings = self.builder.settings
+        limit = settings.num_classes_per_sample
         num_absent = 0
-        if rng.random() < self.builder.settings.absent_class_rate:
+        if rng.random() < settings.absent_class_rate:
             num_absent = rng.randint(1, max(1, limit // 2))
-        num_present = max(1, min(len(targets.class_ids), limit - num_absent))
-        present = rng.sample(targets.class_ids, num_present)
+        present = settings.draw_targets(self._present_units(targets), max(1, limit - num_absent), rng)
+        num_present = len(present)
         candidates = self._absent_candidates(targets)
         absent = rng.sample(candidates, min(num_absent, len(candidates), limit - num_present))
-        empty = np.zeros((targets.height, targets.width), dtype=bool)
-        slots = [(class_id, True) for class_id in present] + [(class_id, False) for class_id in absent]
-        rng.shuffle(slots)
+        empty = partial(np.zeros, (targets.height, targets.width), dtype=bool)
+        slots = [(class_id, mask, True) for class_id, mask in present]
+        slots += [(class_id, empty, False) for class_id in absent]
+        if absent or settings.slot_order == "shuffled":
+            rng.shuffle(slots)
+        names, keep_underscores = self.source.class_names, self.builder.phrasing.release_text
         slot_targets = [
-            SlotTarget(
-                text=phrase_class(self.source.class_names[class_id], rng),
-                mask=targets.mask(class_id) if exists else empty,
-                exists=exists,
-            )
-            for class_id, exists in slots
+            SlotTarget(text=phrase_class(names[class_id], rng, keep_underscores), mask=mask(), exists=exists)
+            for class_id, mask, exists in slots
         ]
         image_path = self.source.image_path(item)
         image = self.builder.read_image(image_path, (targets.height, targets.width))
         metadata = {
             "dataset": self.name,
             "image_path": str(image_path),
-            "class_ids": [class_id for class_id, _ in slots],
-            "kinds": ["single" if exists else "no-target" for _, exists in slots],
+            "class_ids": [class_id for class_id, _, _ in slots],
+            "kinds": ["single" if target.exists else "no-target" for target in slot_targets],
         }
-        return self.builder.segmentation(image, slot_targets, rng, metadata)
+        return self.builder.segmentation(image, slot_targets, rng, metadata, self.task)
+
+    def _present_units(self, targets: SemSegTargets) -> list[tuple[int, Callable[[], np.ndarray]]]:
+        """(class id, its mask builder) of each target the image offers: its present classes, or
+        its instances when ``part_targets`` is ``instance`` and the source has instances."""
+        if self.builder.settings.part_targets == "instance" and targets.instance_class_ids:
+            return [
+                (class_id, partial(targets.instance_mask, index))
+                for index, class_id in enumerate(targets.instance_class_ids)
+            ]
+        return [(class_id, partial(targets.mask, class_id)) for class_id in targets.class_ids]
 
     def _absent_candidates(self, targets: SemSegTargets) -> list[int]:
         """Classes surely not in the image: not present, not ignored, not seen without a mask, and

@@ -20,7 +20,9 @@ Label-map sources (ADE20K, COCO-Stuff, Mapillary) share one reader, parameterise
   annotates, whose objects (hats, windows, doors, ...) are often visible but unlabelled.
 * Mapillary: value ``v`` is entry ``v`` of the config's ``"labels"``, named by its ``"readable"``
   field lower-cased and otherwise unchanged (e.g. "traffic sign (front)"), as LISA does. The entry
-  whose name is "unlabeled" is ignored (LISA keeps it as a class).
+  whose name is "unlabeled" is ignored, unless ``LabelOptions.mapillary_unlabeled_is_class``
+  (``data.mapillary_unlabeled: class``) makes it a class like any other, as LISA and the authors'
+  released GSVA code do (data/sem_seg_dataset.py:30-46 and 290-296 of the release).
 
 Ignored classes (``ignored_class_ids``) are never in ``SemSegTargets.class_ids``, and a sampler must
 not draw them as absent classes either. Images are the label PNGs' stems (``<stem>.jpg`` in the image
@@ -31,11 +33,13 @@ always expands a palette to colours, so those are decoded with PIL, which return
 COCO-json sources (PACO-LVIS, PASCAL-Part) share one reader. Category names are ``"object"`` or
 ``"object:part"``; a trailing ``"_(...)"`` qualifier of either piece is dropped
 ("pan_(for_cooking):base" -> ("pan", "base")); underscores are kept in ``class_names`` and become
-spaces in ``phrase_class``. Class id = position of the category in the categories sorted by id. A
-class's mask is the union of its annotations in the image. Annotations that give no mask (crowd,
-or empty/missing segmentation) are not targets; a class that appears only through such annotations
-is listed in ``SemSegTargets.unsure_class_ids`` (present, so not absent either). Images without any
-annotation that gives a mask are dropped from the list. Images are sorted by image id.
+spaces in ``phrase_class`` (unless asked to keep them). Class id = position of the category in
+the categories sorted by id. A class's mask is the union of its annotations in the image; each
+annotation is also an instance of its class (``SemSegTargets.instance_class_ids``, in annotation
+order), with its own mask. Annotations that give no mask (crowd, or empty/missing segmentation) are
+neither targets nor instances; a class that appears only through such annotations is listed in
+``SemSegTargets.unsure_class_ids`` (present, so not absent either). Images without any annotation
+that gives a mask are dropped from the list. Images are sorted by image id.
 
 The targets' ``(height, width)`` must equal the image's size as ``cv2.imread`` decodes it (EXIF
 orientation applied); this is checked from the image's header on every ``read_targets``. Files
@@ -81,12 +85,23 @@ class SemSegTargets:
     """Builds the bool ``(height, width)`` mask of a class of ``class_ids``; use ``mask``."""
     unsure_class_ids: list[int] = field(default_factory=list)
     """Classes seen in the image without a usable mask: neither targets nor absent. Sorted."""
+    instance_class_ids: list[int] = field(default_factory=list)
+    """COCO-json sources: the class of each annotation that gives a mask (an instance), in
+    annotation order; empty for label maps, which have no instances."""
+    decode_instance: Callable[[int], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """Builds the bool ``(height, width)`` mask of an instance; use ``instance_mask``."""
 
     def mask(self, class_id: int) -> np.ndarray:
         """Bool ``(height, width)`` mask of every pixel of ``class_id``, one of ``class_ids``."""
         if class_id not in self.class_ids:
             raise ValueError(f"class id {class_id} is not a target of this image (targets: {self.class_ids})")
         return self.decode_mask(class_id)
+
+    def instance_mask(self, index: int) -> np.ndarray:
+        """Bool ``(height, width)`` mask of instance ``index`` of ``instance_class_ids``."""
+        if self.decode_instance is None or not 0 <= index < len(self.instance_class_ids):
+            raise ValueError(f"instance {index} is not one of the {len(self.instance_class_ids)} of this image")
+        return self.decode_instance(index)
 
 
 class SemSegSource(Protocol):
@@ -105,12 +120,16 @@ class SemSegSource(Protocol):
     def read_targets(self, index: int) -> SemSegTargets: ...
 
 
-def phrase_class(name: ClassName, rng: random.Random) -> str:
+def phrase_class(name: ClassName, rng: random.Random, keep_underscores: bool = False) -> str:
     """Text for a class: a plain name as it is; a part as "{object} {part}" or "the {part} of the
-    {object}", each with probability 1/2 (as LISA). Underscores become spaces."""
-    if isinstance(name, str):
-        return name.replace("_", " ")
-    obj, part = (piece.replace("_", " ") for piece in name)
+    {object}", each with probability 1/2 (as LISA). Underscores become spaces unless
+    ``keep_underscores`` (as the authors' released code writes PACO-LVIS names)."""
+    pieces = [name] if isinstance(name, str) else list(name)
+    if not keep_underscores:
+        pieces = [piece.replace("_", " ") for piece in pieces]
+    if len(pieces) == 1:
+        return pieces[0]
+    obj, part = pieces
     return f"{obj} {part}" if rng.random() < 0.5 else f"the {part} of the {obj}"
 
 
@@ -121,6 +140,14 @@ def parse_category_name(name: str) -> ClassName:
     if len(pieces) > 2 or not all(pieces):
         raise ValueError(f"category name {name!r}: expected 'object' or 'object:part'")
     return pieces[0] if len(pieces) == 1 else (pieces[0], pieces[1])
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """Choices in how label files are read (keys of the config's ``data`` section)."""
+
+    mapillary_unlabeled_is_class: bool = False
+    """Mapillary's "unlabeled" label is a class like any other; False: it is ignored."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,17 +389,22 @@ class CocoJsonSource:
         image = self._images[index]
         _check_size(image.height, image.width, self.image_path(index), f"{self.json_path} image {image.file_name!r}")
         segmentations: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        instances: list[dict[str, Any]] = []
         seen: set[int] = set()
         for annotation in image.annotations:
             class_id = self._class_of_category[int(annotation["category_id"])]
             seen.add(class_id)
             if _gives_mask(annotation):
                 segmentations[class_id].append(annotation)
+                instances.append(annotation)
 
         def decode_mask(class_id: int) -> np.ndarray:
             return union_of_masks(
                 [self._decode(annotation, image) for annotation in segmentations[class_id]], image.height, image.width
             )
+
+        def decode_instance(index: int) -> np.ndarray:
+            return union_of_masks([self._decode(instances[index], image)], image.height, image.width)
 
         return SemSegTargets(
             height=image.height,
@@ -380,6 +412,8 @@ class CocoJsonSource:
             class_ids=sorted(segmentations),
             decode_mask=decode_mask,
             unsure_class_ids=sorted(seen - set(segmentations)),
+            instance_class_ids=[self._class_of_category[int(annotation["category_id"])] for annotation in instances],
+            decode_instance=decode_instance,
         )
 
     def _decode(self, annotation: dict[str, Any], image: _CocoImage) -> np.ndarray:
@@ -394,7 +428,7 @@ class CocoJsonSource:
 # The datasets
 
 
-def _open_ade20k(root: Path, split: str) -> SemSegSource:
+def _open_ade20k(root: Path, split: str, options: LabelOptions) -> SemSegSource:
     folder = {"train": "training", "val": "validation"}[split]
     return LabelMapSource.from_folders(
         "ade20k",
@@ -405,7 +439,7 @@ def _open_ade20k(root: Path, split: str) -> SemSegSource:
     )
 
 
-def _open_cocostuff(root: Path, split: str) -> SemSegSource:
+def _open_cocostuff(root: Path, split: str, options: LabelOptions) -> SemSegSource:
     ignored = frozenset(index for index, name in enumerate(COCO_STUFF_CLASSES) if "-" in name)
     return LabelMapSource.from_folders(
         "cocostuff",
@@ -417,35 +451,38 @@ def _open_cocostuff(root: Path, split: str) -> SemSegSource:
     )
 
 
-def _open_mapillary(root: Path, split: str) -> SemSegSource:
+def _open_mapillary(root: Path, split: str, options: LabelOptions) -> SemSegSource:
     config_path = root / "mapillary" / "config_v2.0.json"
     config = _load_json(config_path, "mapillary config")
     labels = config.get("labels") if isinstance(config, dict) else None
     if not isinstance(labels, list) or not all(isinstance(label, dict) and "readable" in label for label in labels):
         raise ValueError(f"{config_path}: expected 'labels', a list of objects with a 'readable' name")
     class_names = [str(label["readable"]).lower() for label in labels]
+    ignored = frozenset() if options.mapillary_unlabeled_is_class else frozenset(
+        index for index, name in enumerate(class_names) if name == "unlabeled"
+    )
     return LabelMapSource.from_folders(
         "mapillary",
         class_names,
         LabelCoding(offset=0, void_values=frozenset()),
         label_dir=root / "mapillary" / "training" / "v2.0" / "labels",
         image_dir=root / "mapillary" / "training" / "images",
-        ignored_class_ids=frozenset(index for index, name in enumerate(class_names) if name == "unlabeled"),
+        ignored_class_ids=ignored,
     )
 
 
-def _open_paco_lvis(root: Path, split: str) -> SemSegSource:
+def _open_paco_lvis(root: Path, split: str, options: LabelOptions) -> SemSegSource:
     json_path = root / "vlpart" / "paco" / "annotations" / "paco_lvis_v1_train.json"
     return CocoJsonSource("paco_lvis", json_path, image_root=root / "coco")
 
 
-def _open_pascal_part(root: Path, split: str) -> SemSegSource:
+def _open_pascal_part(root: Path, split: str, options: LabelOptions) -> SemSegSource:
     pascal_part = root / "vlpart" / "pascal_part"
     image_root = pascal_part / "VOCdevkit" / "VOC2010" / "JPEGImages"
     return CocoJsonSource("pascal_part", pascal_part / "train.json", image_root)
 
 
-_OPENERS: dict[str, tuple[Callable[[Path, str], SemSegSource], tuple[str, ...]]] = {
+_OPENERS: dict[str, tuple[Callable[[Path, str, LabelOptions], SemSegSource], tuple[str, ...]]] = {
     "ade20k": (_open_ade20k, ("train", "val")),
     "cocostuff": (_open_cocostuff, ("train",)),
     "mapillary": (_open_mapillary, ("train",)),
@@ -456,15 +493,17 @@ _OPENERS: dict[str, tuple[Callable[[Path, str], SemSegSource], tuple[str, ...]]]
 SEMSEG_DATASETS: tuple[str, ...] = tuple(_OPENERS)
 
 
-def open_semseg_source(name: str, dataset_root: Path | str, split: str = "train") -> SemSegSource:
-    """Open one dataset of ``SEMSEG_DATASETS`` under ``dataset_root``; ADE20K has splits "train"
-    and "val", the others "train" only."""
+def open_semseg_source(
+    name: str, dataset_root: Path | str, split: str = "train", options: LabelOptions = LabelOptions()
+) -> SemSegSource:
+    """Open one dataset of ``SEMSEG_DATASETS`` under ``dataset_root``, its labels read as
+    ``options`` choose; ADE20K has splits "train" and "val", the others "train" only."""
     if name not in _OPENERS:
         raise ValueError(f"unknown semantic segmentation dataset {name!r}; expected one of {SEMSEG_DATASETS}")
     opener, splits = _OPENERS[name]
     if split not in splits:
         raise ValueError(f"{name}: no split {split!r}; available: {', '.join(splits)}")
-    return opener(Path(dataset_root), split)
+    return opener(Path(dataset_root), split, options)
 
 
 def check_sem_seg(name: str, root: Path) -> OpenedDataset:
