@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gsva.config import ConfigError, load_config
+from gsva.config import ConfigError, config_to_dict, load_config
 from gsva.data.mixture import FullPassSampler, MixtureSampler
-from gsva.engine.trainer import total_optimizer_steps
+from gsva.engine.trainer import lr_schedule, total_optimizer_steps
 from tests.conftest import REPO
 
 PAPER_GPUS = 8
@@ -16,10 +16,19 @@ MODELS = {"vicuna7b": (8, "llava_v1"), "vicuna13b": (64, "llava_v1"), "llama2_13
 RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))
 
 
+STAGES = {"pretrain/gsva_{}.yaml": "pretrain", "finetune/grefcoco_{}.yaml": "grefcoco", "finetune/classic_res_{}.yaml": "classic_res"}
+"""Recipe file pattern -> its stage."""
+
+
+def _release_of(default: str) -> str:
+    folder, name = default.split("/")
+    return f"{folder}/release/{name}"
+
+
 def test_every_recipe_is_shipped():
     names = {str(p.relative_to(REPO / "configs")) for p in RECIPES}
-    expected = {f"pretrain/gsva_{m}.yaml" for m in MODELS} | {f"finetune/grefcoco_{m}.yaml" for m in MODELS}
-    expected |= {f"finetune/classic_res_{m}.yaml" for m in MODELS} | {"tiny_synthetic.yaml"}
+    defaults = {stage.format(m) for stage in STAGES for m in MODELS}
+    expected = defaults | {_release_of(name) for name in defaults} | {"tiny_synthetic.yaml", "tiny_synthetic_release.yaml"}
     assert names == expected
 
 
@@ -128,3 +137,80 @@ def test_evaluate_script_passes_benchmarks_to_eval_py(tmp_path: Path):
     benchmarks = args[args.index("--benchmark") + 1 : args.index("--protocol")]
     assert benchmarks == ["refcoco:val", "refzom:test"]
     assert args[-3:] == ["--prompt-style", "lisa", "data.dataset_dir=/d"]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "tasks":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+RELEASE_KEYS = {
+    "data.prompt_style", "data.single_target_rate", "data.absent_class_rate", "data.all_rejected", "data.slot_order",
+    "data.part_targets", "data.mapillary_unlabeled", "data.reason_seg_queries_per_image",
+    "data.explanatory_text_only_rate", "data.explanatory_rate", "data.model_max_length",
+    "model.mm_projector_init", "model.new_token_init", "model.use_im_start_end",
+    "run.eval_prompt_style", "run.eval_metric_variant", "run.output_dir",
+}
+"""What the release preset changes in every stage (when the default differs)."""
+STAGE_RELEASE_KEYS = {
+    "pretrain": {"data.tasks", "run.eval_benchmarks"},
+    "grefcoco": {"run.eval_benchmarks", "schedule.lr_decay_steps", "data.group_by_length", "model.init_weights"},
+    "classic_res": {"model.init_weights"},
+}
+"""What it changes in one stage only."""
+
+
+def _differences(default: str, release: str) -> set[str]:
+    ours, theirs = (_flatten(config_to_dict(load_config(REPO / "configs" / name))) for name in (default, release))
+    return {key for key in ours if ours[key] != theirs[key]}
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("stage", STAGES)
+def test_release_recipe_differs_from_the_default_only_in_the_documented_keys(stage: str, model: str):
+    """Each release recipe is its default plus the preset: no other key moves, and every key that
+    moves has its row in docs/recipe.md."""
+    default = stage.format(model)
+    changed = _differences(default, _release_of(default))
+    allowed = RELEASE_KEYS | STAGE_RELEASE_KEYS[STAGES[stage]]
+    assert changed <= allowed, changed - allowed
+    assert {"data.prompt_style", "model.mm_projector_init", "data.all_rejected"} <= changed
+    documented = (REPO / "docs" / "recipe.md").read_text()
+    undocumented = [key for key in changed - {"run.output_dir", "model.init_weights"} if f"`{key}" not in documented]
+    assert undocumented == []
+
+
+def test_tiny_release_demo_is_the_demo_with_the_preset():
+    changed = _differences("tiny_synthetic.yaml", "tiny_synthetic_release.yaml")
+    assert changed <= RELEASE_KEYS and "model.mm_projector_init" in changed
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_release_pretraining_uses_the_released_mixture(model: str):
+    cfg = load_config(REPO / "configs" / "pretrain" / "release" / f"gsva_{model}.yaml")
+    assert {task: spec.weight for task, spec in cfg.data.tasks.items()} == {"sem_seg": 9, "refer_seg": 3, "vqa": 3, "reason_seg": 1}
+    assert "grefcoco" not in cfg.data.tasks["refer_seg"].datasets
+    assert cfg.schedule.steps == 5000 and cfg.optim.micro_batch_size * PAPER_GPUS * cfg.optim.grad_accum_steps == 160
+    assert cfg.run.eval_benchmarks == ["reason_seg:val", "grefcoco:val"] and cfg.run.eval_every == 500
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_grefcoco_finetuning_lr_ends_where_each_recipe_says(model: str):
+    """About 1,060 updates of 10 epochs: the default decays to 0 at its last update, the release
+    preset keeps the released code's 5,000-update decay and ends near 0.8 x the peak."""
+    last = 1060
+    default = load_config(REPO / "configs" / "finetune" / f"grefcoco_{model}.yaml")
+    release = load_config(REPO / "configs" / "finetune" / "release" / f"grefcoco_{model}.yaml")
+    assert lr_schedule(default, last)(last - 1) == pytest.approx(1 / (last - 100))
+    assert lr_schedule(release, last)(last - 1) == pytest.approx((5000 - 1059) / 4900)
+    assert not release.data.group_by_length and release.model.init_weights == f"runs/gsva_{model}_release/final"
+
+
+def test_lr_decay_steps_below_the_warmup_is_refused():
+    with pytest.raises(ConfigError, match="schedule.lr_decay_steps"):
+        load_config(None, ["model.sam_type=tiny", "optim.warmup_steps=100", "schedule.lr_decay_steps=50"])
