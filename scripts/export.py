@@ -4,7 +4,8 @@
     python scripts/export.py --checkpoint runs/x/checkpoints/step2000 --out runs/x/step2000
     python scripts/export.py --checkpoint runs/x/checkpoints --out runs/x/merged --merge-lora
 
-The output holds model.safetensors (fp32 trainable weights) + config.yaml + config.json (step,
+The output holds model.safetensors (fp32 trainable weights, and a randomly initialised frozen
+image projector when the run had one: model.mm_projector_init=random) + config.yaml + config.json (step,
 lora_r, source) and loads with ``gsva.model.pretrained.from_pretrained(OUT)``,
 ``python eval.py --weights OUT`` and ``python scripts/infer.py --weights OUT``. With
 --merge-lora, LoRA is folded into the LLM and OUT also holds llava/ (original LLaVA layout), clip/

@@ -1,18 +1,24 @@
 """Model directories: save_pretrained / from_pretrained, the DeepSpeed checkpoint export (plain and
-LoRA-merged) round trip, and scripts/infer.py on a saved tiny model."""
+LoRA-merged) round trip, a frozen random projector through export and resume, and scripts/infer.py
+on a saved tiny model."""
 
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from gsva.engine.export import export_checkpoint
 from gsva.engine.trainer import train
+from gsva.model import build
+from gsva.model.weights import stored_parameter_names
 from gsva.pipeline import build_pipeline, from_pretrained
 from gsva.model.pretrained import save_pretrained
 from tests.conftest import REPO, child_environment, tiny_config
@@ -96,6 +102,100 @@ def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, t
     reference = merged_model.model.mllm.language_model.state_dict()
     for name, tensor in llm.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
+
+
+# ----------------------------------------------------------------- a frozen random projector
+PROJECTOR = ("mllm.mm_projector.weight", "mllm.mm_projector.bias")
+RANDOM_PROJECTOR_RUN = (
+    "model.lora_r=4", "schedule.steps=3", "schedule.save_every=1", "schedule.keep_last=3", "run.eval_at_end=false",
+    "optim.micro_batch_size=2", "optim.lr=1e-2", "optim.warmup_steps=0",
+)
+
+
+def projector(model) -> dict[str, torch.Tensor]:
+    """A copy of the image projector's weight and bias of ``model``, by state-dict name."""
+    state = model.state_dict()
+    return {name: state[name].detach().clone() for name in PROJECTOR}
+
+
+def assert_same_projector(model, expected: dict[str, torch.Tensor]) -> None:
+    """The image projector of ``model`` is exactly ``expected``."""
+    got = projector(model)
+    assert all(torch.equal(got[name], expected[name]) for name in PROJECTOR)
+
+
+@pytest.fixture(scope="module")
+def random_projector_run(synthetic_root, tokenizer_dir, tmp_path_factory):
+    """(config, trained model, output dir) of 3 LoRA steps with ``model.mm_projector_init: random``,
+    a checkpoint after each step."""
+    run = tmp_path_factory.mktemp("random_projector") / "run"
+    cfg = tiny_config(synthetic_root, tokenizer_dir, f"run.output_dir={run}", "model.mm_projector_init=random",
+                      *RANDOM_PROJECTOR_RUN)
+    return cfg, train(cfg).model.cpu().eval(), run
+
+
+def test_export_of_a_random_projector_run_holds_its_projector(random_projector_run, synthetic_root, tokenizer_dir,
+                                                             tmp_path):
+    _, trained, run = random_projector_run
+    drawn = projector(trained)
+    fresh = build_pipeline(tiny_config(synthetic_root, tokenizer_dir, "model.lora_r=4")).model
+    assert not torch.equal(projector(fresh)["mllm.mm_projector.weight"], drawn["mllm.mm_projector.weight"])
+
+    export_checkpoint(run / "checkpoints", tmp_path / "plain")
+    assert set(load_file(str(tmp_path / "plain" / "model.safetensors"))) == stored_parameter_names(trained)
+    loaded = from_pretrained(tmp_path / "plain").model.state_dict()
+    assert all(torch.equal(tensor, loaded[name]) for name, tensor in trained.state_dict().items())
+
+    export_checkpoint(run / "checkpoints", tmp_path / "merged", merge_lora=True)
+    assert set(PROJECTOR) <= set(load_file(str(tmp_path / "merged" / "model.safetensors")))
+    assert_same_projector(from_pretrained(tmp_path / "merged").model, drawn)
+
+
+def test_export_of_a_finetune_keeps_the_projector_of_its_init_weights(random_projector_run, synthetic_root,
+                                                                      tokenizer_dir, tmp_path):
+    """A run with the default projector setting that starts from a random-projector run's weights
+    trains with that run's projector; both exports hold it, not the LLaVA's."""
+    _, pretrained, pretraining_run = random_projector_run
+    drawn = projector(pretrained)
+    cfg = tiny_config(synthetic_root, tokenizer_dir, f"run.output_dir={tmp_path / 'run'}",
+                      f"model.init_weights={pretraining_run / 'final'}", *RANDOM_PROJECTOR_RUN)
+    assert cfg.model.mm_projector_init == "pretrained"
+    finetuned = train(cfg).model.cpu().eval()
+    assert_same_projector(finetuned, drawn)
+
+    export_checkpoint(tmp_path / "run" / "checkpoints", tmp_path / "plain")
+    loaded = from_pretrained(tmp_path / "plain").model.state_dict()
+    assert all(torch.equal(tensor, loaded[name]) for name, tensor in finetuned.state_dict().items())
+    export_checkpoint(tmp_path / "run" / "checkpoints", tmp_path / "merged", merge_lora=True)
+    assert_same_projector(from_pretrained(tmp_path / "merged").model, drawn)
+
+
+def test_resume_continues_with_the_checkpoints_random_projector(random_projector_run, tmp_path, monkeypatch):
+    """Resumed from step 1 by a build that draws another projector, the run ends where the
+    uninterrupted one did: DeepSpeed's module state restores the projector it trained with."""
+    cfg, trained, run = random_projector_run
+    drawn = projector(trained)
+    randomise_projector = build.randomise_projector
+
+    def another_draw(model) -> None:
+        randomise_projector(model)
+        with torch.no_grad():
+            model.mllm.mm_projector.weight.add_(1.0)
+
+    monkeypatch.setattr(build, "randomise_projector", another_draw)
+    redrawn = projector(build_pipeline(cfg).model)
+    assert not torch.equal(redrawn["mllm.mm_projector.weight"], drawn["mllm.mm_projector.weight"])
+
+    resumed_dir = tmp_path / "run"
+    shutil.copytree(run, resumed_dir)
+    resumed_cfg = replace(cfg, run=replace(cfg.run, output_dir=str(resumed_dir)))
+    resumed = train(resumed_cfg, resume=str(resumed_dir / "checkpoints" / "step1"))
+    assert resumed.steps == 3
+    assert_same_projector(resumed.model.cpu(), drawn)
+    ours, theirs = (load_file(str(path / "final" / "model.safetensors")) for path in (resumed_dir, run))
+    assert ours.keys() == theirs.keys() and set(PROJECTOR) <= set(ours)
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
 
 
 def test_infer_script_writes_masks_and_prints_decisions(synthetic_root, tokenizer_dir, tmp_path):

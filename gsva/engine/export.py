@@ -2,10 +2,16 @@
 
 ``export_checkpoint(checkpoint, out)``: the fp32 weights of a ZeRO stage 0/1/2 checkpoint
 (``<output_dir>/checkpoints`` — its ``latest`` tag — or one ``stepN`` directory) are consolidated
-with DeepSpeed's ``zero_to_fp32`` utility, loaded strictly into the model rebuilt from the run's
-config (every ``requires_grad`` parameter must be filled), and written as ``model.safetensors`` +
-``config.yaml`` (``save_pretrained``) + ``config.json`` (step, lora_r, source). The result loads
-with ``from_pretrained(out)`` and ``eval.py --weights out``.
+with DeepSpeed's ``zero_to_fp32`` utility, loaded strictly into the model rebuilt as the run
+built it (``run_model``: every ``requires_grad`` parameter must be filled), and written as
+``model.safetensors`` + ``config.yaml`` (``save_pretrained``) + ``config.json`` (step, lora_r,
+source). The result loads with ``from_pretrained(out)`` and ``eval.py --weights out``.
+
+The file holds exactly ``stored_parameter_names`` of that model: the trainable weights and the
+frozen ones no checkpoint of the config holds (``GsvaModel.frozen_in_weights``: a
+``model.mm_projector_init: random`` projector, or one read from ``model.init_weights``). Those
+are taken from the module state DeepSpeed saved with the checkpoint (``mp_rank_00_model_states.pt``
+holds every parameter, frozen ones included): the values the run trained with, never a new draw.
 
 ``merge_lora=True`` folds each LoRA adapter into its base weight (peft's merge,
 ``W + B·A·alpha/r``) and writes a self-contained model directory instead::
@@ -19,14 +25,16 @@ with ``from_pretrained(out)`` and ``eval.py --weights out``.
     out/config.json   the summary
 
 The run's config is ``--config`` when given, else ``<output_dir>/final/config.yaml`` or
-``<output_dir>/config.yaml`` (the DeepSpeed checkpoint does not hold it). The model is rebuilt
-on the CPU in the config's precision: exporting a 7B run needs that much host memory.
+``<output_dir>/config.yaml`` (the DeepSpeed checkpoint does not hold it); the weights file its
+``model.init_weights`` names must be there, as for ``--resume``. The model is rebuilt on the CPU in
+the config's precision: exporting a 7B run needs that much host memory.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,11 +51,13 @@ from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_fi
 from gsva.model.gsva import GsvaModel
 from gsva.model.mllm import save_llava_checkpoint
 from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_weights_dir
+from gsva.model.weights import load_trainable_weights
 from gsva.pipeline import build_pipeline
 from gsva.model.trainable import apply_trainable_policy
 
 LOGGER = logging.getLogger(__name__)
 SUMMARY_NAME = "config.json"
+MODEL_STATES_NAME = "mp_rank_00_model_states.pt"
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def consolidated_fp32_state(checkpoints: Path, tag: str) -> dict[str, torch.Tens
 
         check_deepspeed_files(tag_dir)  # zero_to_fp32 unpickles without restriction
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag, exclude_frozen_parameters=True)
-    model_states = tag_dir / "mp_rank_00_model_states.pt"
+    model_states = tag_dir / MODEL_STATES_NAME
     if not model_states.is_file():
         raise FileNotFoundError(f"{tag_dir}: neither ZeRO optimizer partitions nor {model_states.name}")
     module = load_deepspeed_file(model_states)["module"]
@@ -102,28 +112,61 @@ def checkpoint_step(checkpoints: Path, tag: str) -> int:
     match = re.fullmatch(r"step(\d+)", tag)
     if match:
         return int(match.group(1))
-    module = load_deepspeed_file(checkpoints / tag / "mp_rank_00_model_states.pt", mmap=True)
+    module = load_deepspeed_file(checkpoints / tag / MODEL_STATES_NAME, mmap=True)
     return int(module["global_steps"])
+
+
+def run_model(cfg: Config) -> GsvaModel:
+    """The model as training built it before its first step: rebuilt from ``cfg``, with the weights
+    ``model.init_weights`` names loaded (they may bring frozen weights, such as the random projector
+    of the run a finetuning starts from, which join ``frozen_in_weights``)."""
+    model = build_pipeline(cfg).model
+    if cfg.model.init_weights is not None:
+        load_trainable_weights(model, cfg.model.init_weights)
+    return model
+
+
+def copy_weights(model: GsvaModel, names: set[str], state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Copy ``state[name]`` into each parameter ``name`` of ``model`` (shapes must match); returns
+    those tensors in fp32, by name."""
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            tensor, target = state[name], parameters[name]
+            if tensor.shape != target.shape:
+                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
+            target.copy_(tensor.to(target.dtype))
+    return {name: state[name].float().contiguous() for name in sorted(names)}
 
 
 def load_consolidated(model: GsvaModel, state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
     """Copy ``state`` into every trainable parameter of ``model``; all must be there. Returns
     the fp32 tensors of the trainable parameters (the other entries of ``state`` are dropped)."""
-    parameters = dict(model.named_parameters())
-    trainable = {name for name, parameter in parameters.items() if parameter.requires_grad}
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     missing = sorted(trainable - set(state))
     if missing:
         raise ValueError(
             f"{source}: {len(missing)} trainable weights of the model rebuilt from the config are not in the "
             f"checkpoint, e.g. {missing[:5]}; is this the run's config?"
         )
-    with torch.no_grad():
-        for name in trainable:
-            tensor, target = state[name], parameters[name]
-            if tensor.shape != target.shape:
-                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
-            target.copy_(tensor.to(target.dtype))
-    return {name: state[name].float().contiguous() for name in sorted(trainable)}
+    return copy_weights(model, trainable, state, source)
+
+
+def load_frozen_in(model: GsvaModel, checkpoints: Path, tag: str) -> dict[str, torch.Tensor]:
+    """Copy the ``frozen_in_weights`` of ``model`` from the checkpoint's module state (the values
+    the run trained with; all must be there). Returns them in fp32, by name."""
+    names = set(model.frozen_in_weights)
+    if not names:
+        return {}
+    model_states = checkpoints / tag / MODEL_STATES_NAME
+    module = load_deepspeed_file(model_states, mmap=zipfile.is_zipfile(model_states))["module"]
+    missing = sorted(names - set(module))
+    if missing:
+        raise ValueError(
+            f"{model_states}: the module state lacks {len(missing)} frozen weights that no checkpoint of the config "
+            f"holds, e.g. {missing[:5]}; expected every parameter of the model, frozen ones included"
+        )
+    return copy_weights(model, names, module, model_states)
 
 
 def merge_lora_(module: nn.Module) -> int:
@@ -179,16 +222,17 @@ def export_checkpoint(
     cfg = load_config(Path(config) if config else find_run_config(checkpoints), overrides or [])
     LOGGER.info("consolidating %s", checkpoints / tag)
     state = consolidated_fp32_state(checkpoints, tag)
-    model = build_pipeline(cfg).model
-    trainable = load_consolidated(model, state, checkpoints / tag)
+    model = run_model(cfg)
+    stored = load_consolidated(model, state, checkpoints / tag)
     del state
+    stored.update(load_frozen_in(model, checkpoints, tag))  # now every stored_parameter_names(model)
     model.eval()
     merged = 0
     if merge_lora:
         merged_cfg, merged = write_merged(model, cfg, out)
         weights = save_pretrained(model, merged_cfg, out)
     else:
-        weights = write_weights_dir(trainable, cfg, out)  # the fp32 master weights, whatever the precision
+        weights = write_weights_dir(stored, cfg, out)  # the fp32 master weights, whatever the precision
     step = checkpoint_step(checkpoints, tag)
     summary = {
         "step": step,
