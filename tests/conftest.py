@@ -114,37 +114,58 @@ class DemoRun:
 class ShortDemoRuns:
     """``python train.py`` with ``SHORT_DEMO_RECIPE`` for each of ``SHORT_DEMO_SEEDS``, all started
     together on the first request (one thread each, so two runs share the two cores) and run once
-    per test session, each in its own folder (dataset, components, outputs, ``train.log``)."""
+    per test session, each in its own folder (dataset, components, outputs, ``train.log``).
+
+    ``release()`` trains the same shortened demo with the release preset
+    (``configs/tiny_synthetic_release.yaml``) once the first seed's run is done, on that run's
+    dataset and components."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.processes: dict[int, subprocess.Popen] = {}
-        self.runs: dict[int, DemoRun] = {}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.runs: dict[str, DemoRun] = {}
+
+    def _launch(self, name: str, config: str, seed: int, *overrides: str) -> None:
+        folder = self.root / name
+        folder.mkdir(parents=True)
+        command = [
+            sys.executable, "train.py", "--config", config,
+            f"run.output_dir={folder / 'run'}", f"run.seed={seed}", *SHORT_DEMO_RECIPE, *overrides,
+        ]
+        with (folder / "train.log").open("w") as log:  # a file, not a pipe: neither run waits on a reader
+            self.processes[name] = subprocess.Popen(
+                command, cwd=REPO, env=child_environment(OMP_NUM_THREADS="1"), stdout=log, stderr=subprocess.STDOUT
+            )
 
     def _start(self) -> None:
         for seed in SHORT_DEMO_SEEDS:
             folder = self.root / f"seed{seed}"
-            folder.mkdir(parents=True)
-            command = [
-                sys.executable, "train.py", f"data.dataset_dir={folder / 'data'}",
-                f"components.output_dir={folder / 'components'}", f"run.output_dir={folder / 'run'}",
-                f"run.seed={seed}", *SHORT_DEMO_RECIPE,
-            ]
-            with (folder / "train.log").open("w") as log:  # a file, not a pipe: neither run waits on a reader
-                self.processes[seed] = subprocess.Popen(
-                    command, cwd=REPO, env=child_environment(OMP_NUM_THREADS="1"), stdout=log, stderr=subprocess.STDOUT
-                )
+            self._launch(f"seed{seed}", str(TINY_CONFIG), seed, f"data.dataset_dir={folder / 'data'}", f"components.output_dir={folder / 'components'}")
+
+    def _wait(self, name: str) -> DemoRun:
+        if name not in self.runs:
+            folder = self.root / name
+            returncode = self.processes[name].wait(timeout=1500)
+            log = (folder / "train.log").read_text()
+            assert returncode == 0, f"training the demo model ({name}) failed:\n{log[-4000:]}"
+            self.runs[name] = DemoRun(folder / "run", log)
+        return self.runs[name]
 
     def __call__(self, seed: int) -> DemoRun:
         if not self.processes:
             self._start()
-        if seed not in self.runs:
+        return self._wait(f"seed{seed}")
+
+    def release(self) -> DemoRun:
+        seed = SHORT_DEMO_SEEDS[0]
+        if "release" not in self.processes:
+            self(seed)
             folder = self.root / f"seed{seed}"
-            returncode = self.processes[seed].wait(timeout=1500)
-            log = (folder / "train.log").read_text()
-            assert returncode == 0, f"training the demo model (seed {seed}) failed:\n{log[-4000:]}"
-            self.runs[seed] = DemoRun(folder / "run", log)
-        return self.runs[seed]
+            self._launch(
+                "release", str(REPO / "configs" / "tiny_synthetic_release.yaml"), seed,
+                f"data.dataset_dir={folder / 'data'}", f"components.output_dir={folder / 'components'}",
+            )
+        return self._wait("release")
 
 
 @pytest.fixture(scope="session")

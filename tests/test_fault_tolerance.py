@@ -169,8 +169,12 @@ def test_non_finite_losses_are_skipped_and_counted(synthetic_root, tokenizer_dir
         "run.log_every=1", "run.eval_at_end=false", "optim.micro_batch_size=2", "optim.max_consecutive_nonfinite=3",
     )
     monkeypatch.setattr(GsvaModel, "forward", poisoned_forward({2, 3}))
+    added = []
+    original_add = trainer.LogWindow.add
+    monkeypatch.setattr(trainer.LogWindow, "add", lambda window, losses, cached: added.append(cached) or original_add(window, losses, cached))
     result = trainer.train(cfg)
     assert result.steps == 6  # two skipped micro-steps, then six optimizer steps all the same
+    assert len(added) == 6  # the skipped micro-steps never enter the logged window
     assert caplog.text.count("non-finite loss, step skipped") == 2
     for parameter in result.model.parameters():
         assert torch.isfinite(parameter).all()

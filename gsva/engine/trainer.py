@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -270,16 +270,34 @@ def checkpoint(engine, checkpoint_dir: Path, step: int, micro_step: int, cfg: Co
         prune_checkpoints(checkpoint_dir, cfg.schedule.keep_last)
 
 
-def log_step(
-    engine, cfg: Config, step: int, window: dict[str, list[torch.Tensor]], cached_batches: int, seconds: float,
-    writer: SummaryWriter | None, output_dir: Path,
-) -> dict[str, float]:
+@dataclass
+class LogWindow:
+    """What the loop gathers between two logged optimizer steps: the losses of every micro-step
+    that was trained (kept on the device), how many of those read cached features, and where and
+    when the window began."""
+
+    start_step: int
+    started: float = field(default_factory=time.time)
+    losses: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {key: [] for key in ("total", "ce", "bce", "dice")})
+    cached_batches: int = 0
+
+    def add(self, losses, cached: bool) -> None:
+        """One trained micro-step's losses (``GsvaLosses``) and whether its batch was cached."""
+        for key, values in self.losses.items():
+            values.append(getattr(losses, key).detach())
+        self.cached_batches += cached
+
+
+def log_step(engine, cfg: Config, step: int, window: LogWindow, writer: SummaryWriter | None, output_dir: Path) -> dict[str, float]:
     """Read back the window's losses (the logging interval's only extra read-back), append them to
-    ``history.jsonl`` and TensorBoard; returns the record."""
-    means = {key: float(torch.stack(values).float().mean()) for key, values in window.items()}
+    ``history.jsonl`` and TensorBoard; returns the record. Rates are per step of the window, which
+    is shorter than ``run.log_every`` at the run's last step and after a resume."""
+    seconds, steps = time.time() - window.started, step - window.start_step
+    means = {key: float(torch.stack(values).float().mean()) for key, values in window.losses.items()}
+    samples = steps * cfg.optim.grad_accum_steps * cfg.optim.micro_batch_size * world_size()
     record = {
-        "step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / cfg.run.log_every,
-        "cached_batch_fraction": cached_batches / len(window["total"]),
+        "step": step, **means, "lr": engine.get_lr()[0], "seconds_per_step": seconds / steps,
+        "samples_per_second": samples / seconds, "cached_batch_fraction": window.cached_batches / len(window.losses["total"]),
     }
     if is_main():
         with (output_dir / "history.jsonl").open("a") as handle:
@@ -287,13 +305,11 @@ def log_step(
     if writer is not None:
         for key, value in means.items():
             writer.add_scalar(f"train/{key}_loss", value, step)
-        writer.add_scalar("train/lr", record["lr"], step)
-        writer.add_scalar("train/cached_batch_fraction", record["cached_batch_fraction"], step)
+        for key in ("lr", "cached_batch_fraction", "samples_per_second"):
+            writer.add_scalar(f"train/{key}", record[key], step)
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             writer.add_scalar("train/grad_norm", float(grad_norm), step)
-        samples = cfg.run.log_every * cfg.optim.grad_accum_steps * cfg.optim.micro_batch_size * world_size()
-        writer.add_scalar("train/samples_per_second", samples / seconds, step)
     return record
 
 
@@ -329,17 +345,14 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     batches = training_batches(stream, sampler, cfg, builder, feature_cache, device)
     restore_random_state(resumed_checkpoint)
     progress = tqdm(total=total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
-    window: dict[str, list[torch.Tensor]] = {"total": [], "ce": [], "bce": [], "dice": []}
-    cached_batches = 0
+    window = LogWindow(engine.global_steps)
     history: list[dict[str, float]] = []
     guard = NonFiniteGuard(cfg.optim.max_consecutive_nonfinite)
     bad_samples = BadSampleTally()
     stopped_by = None
-    tick = time.time()
     with StopRequest() as stop:
         while engine.global_steps < total_steps:
             batch = next(batches)
-            cached_batches += batch.sam_features is not None
             for skipped in bad_samples.record(batch.metadata):
                 LOGGER.warning("skipped a bad sample: %s: %s", skipped["source"], skipped["reason"])
             bad_samples.check(cfg.data.max_bad_samples)
@@ -355,19 +368,16 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
                     writer.add_scalar("train/skipped_nonfinite_steps", guard.skipped, engine.global_steps)
                 continue
             updated = backward_and_step(engine, losses.total)
-            for key in window:  # kept on the device: read back only at logging steps
-                window[key].append(getattr(losses, key).detach())
+            window.add(losses, cached=batch.sam_features is not None)  # read back only at logging steps
             if not updated:  # inside a gradient accumulation
                 continue
             step = engine.global_steps
             progress.update(1)
             if step % cfg.run.log_every == 0 or step == total_steps:
-                record = log_step(engine, cfg, step, window, cached_batches, time.time() - tick, writer, output_dir)
+                record = log_step(engine, cfg, step, window, writer, output_dir)
                 history.append(record)
                 progress.set_postfix(loss=f"{record['total']:.3f}", ce=f"{record['ce']:.3f}", dice=f"{record['dice']:.3f}")
-                window = {key: [] for key in window}
-                cached_batches = 0
-                tick = time.time()
+                window = LogWindow(step)
             if step < total_steps and stopped_by is None and _evaluation_due(cfg, sampler, step, micro_step):
                 evaluate_benchmarks(cfg, engine.module, builder, device, writer, step, final=False)
             if stopped_by is not None or step % cfg.schedule.save_every == 0 or step == total_steps:
