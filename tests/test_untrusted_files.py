@@ -69,15 +69,18 @@ def test_the_payload_runs_when_unpickled_without_restriction(tmp_path, legacy):
 def test_sam_checkpoint(malicious, tmp_path):
     write, marker = malicious
     sam = build_tiny_sam(TinyDims(), 64)
-    with pytest.raises(pickle.UnpicklingError):
-        load_sam_state(sam, write(tmp_path / "sam_vit_h.pth"))
+    path = write(tmp_path / "sam_vit_h.pth")
+    with pytest.raises(pickle.UnpicklingError, match=f"{path}: refused to load") as refused:
+        load_sam_state(sam, path)
+    assert "weights_only=False" not in str(refused.value)  # never the advice to run the file's code
     assert not marker.exists()
 
 
 def test_released_gsva_bin(malicious, tmp_path):
     write, marker = malicious
-    with pytest.raises(pickle.UnpicklingError):
-        read_released_state(write(tmp_path / "gsva.bin"), "gsva-bin")
+    path = write(tmp_path / "gsva.bin")
+    with pytest.raises(pickle.UnpicklingError, match=f"{path}: refused to load"):
+        read_released_state(path, "gsva-bin")
     assert not marker.exists()
 
 
@@ -87,7 +90,7 @@ def test_released_lisa_shards(malicious, tmp_path):
     write(directory / "pytorch_model-00001-of-00001.bin")
     index = {"weight_map": {"weight": "pytorch_model-00001-of-00001.bin"}}
     (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match="pytorch_model-00001-of-00001.bin: refused to load"):
         read_released_state(directory, "lisa-hf")
     assert not marker.exists()
 
@@ -96,7 +99,7 @@ def test_llava_projector_bin(malicious, tmp_path):
     write, marker = malicious
     directory = tmp_path / "llava"
     write(directory / "pytorch_model.bin")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match=f"{directory / 'pytorch_model.bin'}: refused to load"):
         _read_projector_state(directory)
     assert not marker.exists()
 

@@ -15,12 +15,11 @@ holding anything else stops before DeepSpeed opens it.
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from gsva.tensor_files import load_tensor_file
 
 DEEPSPEED_FILE_PATTERNS = ("*_model_states.pt", "*_optim_states.pt")
 """The files of a checkpoint tag directory that DeepSpeed's ``zero_to_fp32`` reads."""
@@ -35,13 +34,6 @@ def deepspeed_checkpoint_classes() -> list[type]:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def _refusal_detail(error: Exception) -> str:
-    """The line of torch's weights-only error that names the refused global."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if "global" in line.lower() and "weights_only" not in line]
-    return (named or lines or [type(error).__name__])[0]
-
-
 def load_deepspeed_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """One DeepSpeed checkpoint file on the CPU, read with ``weights_only`` and DeepSpeed's
     checkpoint classes allowed; ``pickle.UnpicklingError`` naming the file and the refused global
@@ -49,14 +41,10 @@ def load_deepspeed_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DeepSpeed checkpoint file not found: {path}")
-    try:
-        with torch.serialization.safe_globals(deepspeed_checkpoint_classes()):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        raise pickle.UnpicklingError(
-            f"{path}: refused to load: it holds objects other than tensors and DeepSpeed's checkpoint classes "
-            f"({_refusal_detail(error)}); a checkpoint written by this project's training never does"
-        ) from error
+    return load_tensor_file(
+        path, deepspeed_checkpoint_classes(), mmap=mmap,
+        holds="tensors and DeepSpeed's checkpoint classes (a checkpoint written by this project's training holds nothing else)",
+    )
 
 
 def check_deepspeed_files(tag_dir: str | Path) -> None:

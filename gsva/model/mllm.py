@@ -26,6 +26,7 @@ from gsva.atomic import write_json_atomic, write_safetensors_atomic
 from gsva.config import TinyDims
 from gsva.model.pixels import normalize_clip_images
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from gsva.tensor_files import load_tensor_file
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 LLAVA_KEYS = (
@@ -276,7 +277,7 @@ def _read_projector_state(path: Path) -> dict[str, torch.Tensor]:
             with safe_open(str(file), framework="pt") as handle:
                 state.update({key[len(prefix):]: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)})
         else:
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
+            loaded = load_tensor_file(file)
             state.update({key[len(prefix):]: value for key, value in loaded.items() if key.startswith(prefix)})
     return state
 

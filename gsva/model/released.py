@@ -37,6 +37,7 @@ from gsva.model.mllm import LLAVA_KEYS, LlavaModel, build_projector
 from gsva.model.sam import build_sam
 from gsva.model.trainable import add_lora, apply_trainable_policy
 from gsva.model.weights import WEIGHTS_NAME
+from gsva.tensor_files import load_tensor_file
 
 RELEASED_FORMATS = ("gsva-bin", "lisa-hf")
 PEFT_PREFIX = "base_model.model."
@@ -111,7 +112,7 @@ def _load_file(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         with safe_open(str(file), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}
-    return torch.load(file, map_location="cpu", weights_only=True)
+    return load_tensor_file(file)
 
 
 def read_released_state(path: str | Path, fmt: str) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.modeling import image_encoder
 
 from gsva.config import TinyDims
+from gsva.tensor_files import load_tensor_file
 
 PUBLISHED_SAM_TYPES = ("vit_h", "vit_l", "vit_b")
 
@@ -117,7 +118,7 @@ def load_sam_state(sam: Sam, checkpoint: str | Path) -> None:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensor_file(path, holds="tensors (a SAM checkpoint holds its state dict only)")
     missing, unexpected = sam.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
