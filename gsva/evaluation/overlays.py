@@ -33,11 +33,38 @@ def _enlarged(panel: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(panel, (panel.shape[1] * scale, panel.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
 
 
+FONT, FONT_SCALE, MARGIN = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 4
+
+
+def text_width(text: str) -> int:
+    """Pixels ``text`` takes in the legend's font."""
+    return cv2.getTextSize(text, FONT, FONT_SCALE, 1)[0][0]
+
+
+def wrap_text(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken between words (a word longer than a
+    line is broken inside); joined with spaces, the lines give back every word in order."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and text_width(candidate) <= width:
+            lines[-1] = candidate
+            continue
+        while text_width(word) > width and len(word) > 1:
+            cut = max(end for end in range(1, len(word) + 1) if end == 1 or text_width(word[:end]) <= width)
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines or [""]
+
+
 def _legend(lines: list[tuple[str, tuple[int, int, int]]], width: int) -> np.ndarray:
-    """A white (rows, ``width``, 3) uint8 RGB strip with one (text, colour) line per entry."""
-    legend = np.full((LINE_HEIGHT * len(lines) + 6, width, 3), 255, np.uint8)
-    for row, (text, colour) in enumerate(lines):
-        cv2.putText(legend, text, (4, 14 + LINE_HEIGHT * row), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    """A white (rows, ``width``, 3) uint8 RGB strip with each (text, colour) entry written in its
+    colour, wrapped to the strip's width."""
+    rows = [(line, colour) for text, colour in lines for line in wrap_text(text, width - 2 * MARGIN)]
+    legend = np.full((LINE_HEIGHT * len(rows) + 6, width, 3), 255, np.uint8)
+    for row, (text, colour) in enumerate(rows):
+        cv2.putText(legend, text, (MARGIN, 14 + LINE_HEIGHT * row), FONT, FONT_SCALE, colour, 1, cv2.LINE_AA)
     return legend
 
 
@@ -77,7 +104,7 @@ def render_prediction(
     legend ``expression: [SEG]|[REJ]`` in the expression's colour."""
     shown = [mask if not is_rejected else np.zeros_like(mask) for mask, is_rejected in zip(masks, rejected)]
     panel = _enlarged(_paint(image, shown), image.shape[:2])
-    lines = [(f"answer: {answer}"[:100], (0, 0, 0))] + [
+    lines = [(f"answer: {answer}", (0, 0, 0))] + [
         (f"{text}: {decision_token(is_rejected)}", PALETTE[index % len(PALETTE)])
         for index, (text, is_rejected) in enumerate(zip(expressions, rejected))
     ]
