@@ -13,8 +13,9 @@ import logging
 import sys
 
 from gsva.config import load_config
+from gsva.data.catalog import check_dataset_names
 from gsva.demo.prepare import prepare_demo
-from gsva.engine.distributed import is_main
+from gsva.distributed import is_main
 from gsva.engine.trainer import train
 
 
@@ -37,7 +38,9 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = [*args.overrides, *(["run.eval_at_end=false"] if args.no_eval else [])]
-    cfg = prepare_demo(load_config(args.config, overrides))  # the CPU demo's data and components, when asked
+    cfg = load_config(args.config, overrides)
+    check_dataset_names(cfg)  # before the demo's data and components are prepared
+    cfg = prepare_demo(cfg)  # the CPU demo's data and components, when asked
     result = train(cfg, resume=args.resume)
     if result.stopped_by is not None and is_main():
         print(

@@ -18,14 +18,30 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from gsva.data.catalog import DATASETS, TASKS, check_benchmark, datasets_of_task
-from gsva.data.sample_builder import AllRejected, MapillaryUnlabeled, PartTargets, SlotOrder
-from gsva.demo.settings import ComponentPretrainConfig, SyntheticSpec
-from gsva.text.prompts import PromptStyle
+from gsva.config_demo import ComponentPretrainConfig, SyntheticSpec
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or inconsistent."""
+
+
+TASKS = ("sem_seg", "refer_seg", "vqa", "reason_seg")
+"""Task families of the training mixture (the paper's SemSeg : RES : VQA : ReasonSeg)."""
+
+PromptStyle = Literal["gsva", "gsva_release"]
+"""Training phrasing (``data.prompt_style``): this project's, or the authors' released one."""
+
+SlotOrder = Literal["shuffled", "listed"]
+"""Order of a training sample's targets when it asks every candidate (``data.slot_order``)."""
+
+AllRejected = Literal["swap_one", "redraw"]
+"""What a referring draw whose every expression is no-target becomes (``data.all_rejected``)."""
+
+PartTargets = Literal["class", "instance"]
+"""What a target of PACO-LVIS and PASCAL-Part is (``data.part_targets``)."""
+
+MapillaryUnlabeled = Literal["ignore", "class"]
+"""What Mapillary's "unlabeled" label is (``data.mapillary_unlabeled``)."""
 
 
 @dataclass
@@ -309,11 +325,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.num_classes_per_sample must be >= 1")
     _validate_tasks(cfg.data)
     _validate_sampling(cfg.data)
-    for index, spec in enumerate(cfg.run.eval_benchmarks):
-        try:
-            check_benchmark(spec)
-        except ValueError as error:
-            raise ConfigError(f"run.eval_benchmarks[{index}]: {error}") from None
     if cfg.run.eval_every < 0 or cfg.run.eval_batch_size < 1:
         raise ConfigError("run.eval_every must be >= 0 and run.eval_batch_size >= 1")
     if cfg.model.sam_type != "tiny" and cfg.model.sam_checkpoint is None and not cfg.components.enabled:
@@ -336,6 +347,8 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_tasks(data: DataConfig) -> None:
+    """Task names, weights and non-empty dataset lists (the dataset names themselves are checked
+    against the dataset catalog where datasets are opened: ``gsva.data.catalog.check_dataset_names``)."""
     if not data.tasks:
         raise ConfigError("data.tasks is empty; name at least one task with its datasets")
     for task, spec in data.tasks.items():
@@ -345,13 +358,6 @@ def _validate_tasks(data: DataConfig) -> None:
             raise ConfigError(f"data.tasks.{task}.weight must be > 0, got {spec.weight}")
         if not spec.datasets:
             raise ConfigError(f"data.tasks.{task}.datasets is empty")
-        for name in spec.datasets:
-            if name not in DATASETS or DATASETS[name].task != task:
-                known = datasets_of_task(task)
-                raise ConfigError(f"data.tasks.{task}.datasets: {name!r} is not a {task} dataset; expected one of {known}")
-    if data.eval_dataset not in DATASETS or DATASETS[data.eval_dataset].task != "refer_seg":
-        known = datasets_of_task("refer_seg")
-        raise ConfigError(f"data.eval_dataset: {data.eval_dataset!r} is not a referring dataset; expected one of {known}")
 
 
 def _validate_sampling(data: DataConfig) -> None:
@@ -428,14 +434,6 @@ def _validate_minimums(cfg: Config) -> None:
     ):
         if value < minimum:
             raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-
-
-def rejection_ablation_datasets(cfg: Config) -> list[str]:
-    """Training datasets with no-target expressions while ``model.use_rej_token`` is false (the
-    paper's ablation without ``[REJ]``: their absent targets are left out of training prompts)."""
-    if cfg.model.use_rej_token:
-        return []
-    return [name for spec in cfg.data.tasks.values() for name in spec.datasets if DATASETS[name].no_target]
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import logging
 from pathlib import Path
 
 from gsva.config import load_config
-from gsva.engine.distributed import barrier, gather_objects, init_distributed, is_main
+from gsva.distributed import barrier, gather_objects, is_main
+from gsva.engine.distributed import init_distributed
 from gsva.engine.precompute import precompute_features
 from gsva.demo.prepare import prepare_demo
 from gsva.pipeline import build_pipeline

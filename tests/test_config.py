@@ -1,6 +1,7 @@
 import pytest
 
-from gsva.config import ConfigError, check_global_batch, load_config, rejection_ablation_datasets
+from gsva.config import ConfigError, check_global_batch, load_config
+from gsva.data.catalog import rejection_ablation_datasets
 from tests.conftest import TINY_CONFIG
 
 

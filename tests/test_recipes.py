@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gsva.config import ConfigError, config_to_dict, load_config
+from gsva.data.catalog import check_dataset_names
 from gsva.data.mixture import FullPassSampler, MixtureSampler
 from gsva.engine.trainer import lr_schedule, total_optimizer_steps
 from tests.conftest import REPO
@@ -35,6 +36,7 @@ def test_every_recipe_is_shipped():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_recipe_loads(path: Path):
     cfg = load_config(path)
+    check_dataset_names(cfg)
     assert cfg.data.num_classes_per_sample >= 1
 
 
@@ -100,8 +102,12 @@ def test_base_cycle_and_missing_base_are_named(tmp_path: Path):
 
 
 def test_tasks_are_validated():
-    with pytest.raises(ConfigError, match="not a sem_seg dataset"):
-        load_config(None, ["model.sam_type=tiny", "data.tasks={sem_seg: {weight: 1, datasets: [refcoco]}}"])
+    with pytest.raises(ConfigError, match=r"data\.tasks\.sem_seg\.datasets: 'refcoco' is not a sem_seg dataset"):
+        check_dataset_names(load_config(None, ["model.sam_type=tiny", "data.tasks={sem_seg: {weight: 1, datasets: [refcoco]}}"]))
+    with pytest.raises(ConfigError, match=r"data\.eval_dataset: 'ade20k'"):
+        check_dataset_names(load_config(None, ["model.sam_type=tiny", "data.eval_dataset=ade20k"]))
+    with pytest.raises(ConfigError, match=r"run\.eval_benchmarks\[1\]"):
+        check_dataset_names(load_config(None, ["model.sam_type=tiny", "run.eval_benchmarks=[grefcoco:val, coco:val]"]))
     with pytest.raises(ConfigError, match="unknown task"):
         load_config(None, ["model.sam_type=tiny", "data.tasks={detection: {weight: 1, datasets: [coco]}}"])
     with pytest.raises(ConfigError, match="weight must be > 0"):

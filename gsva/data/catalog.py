@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gsva.config import TASKS, Config, ConfigError
 from gsva.data.doctor import DatasetReport, FileCheck, OpenedDataset, run_checks
 from gsva.data.mixture import TrainingDataset
 from gsva.data.reason_seg.dataset import ReasonSegDataset, ReasonSegEvalDataset
@@ -29,9 +30,6 @@ from gsva.data.sem_seg.dataset import Ade20kEvalDataset, SemSegDataset
 from gsva.data.sem_seg.reader import LabelOptions, check_sem_seg, open_semseg_source
 from gsva.data.vqa.dataset import VqaDataset
 from gsva.data.vqa.reader import LlavaInstruct, check_vqa
-
-TASKS = ("sem_seg", "refer_seg", "vqa", "reason_seg")
-"""Task families of the training mixture (the paper's SemSeg : RES : VQA : ReasonSeg)."""
 
 QuestionStyle = Literal["gsva", "lisa"]
 """How a referring benchmark asks: one prompt naming the expressions, or LISA's single-target one."""
@@ -152,3 +150,30 @@ def check_dataset(
     wraps the files read (a progress bar)."""
     entry = dataset_entry(name)
     return run_checks(name, entry.task, lambda: entry.checking(name, Path(dataset_root)), max_files, progress)
+
+
+def check_dataset_names(cfg: Config) -> None:
+    """The datasets a config names exist for their task: ``data.tasks.<task>.datasets``,
+    ``data.eval_dataset`` (a referring dataset) and ``run.eval_benchmarks``; ConfigError naming the
+    key and the datasets it may name otherwise."""
+    for task, spec in cfg.data.tasks.items():
+        for name in spec.datasets:
+            if name not in DATASETS or DATASETS[name].task != task:
+                known = datasets_of_task(task)
+                raise ConfigError(f"data.tasks.{task}.datasets: {name!r} is not a {task} dataset; expected one of {known}")
+    if cfg.data.eval_dataset not in DATASETS or DATASETS[cfg.data.eval_dataset].task != "refer_seg":
+        known = datasets_of_task("refer_seg")
+        raise ConfigError(f"data.eval_dataset: {cfg.data.eval_dataset!r} is not a referring dataset; expected one of {known}")
+    for index, benchmark in enumerate(cfg.run.eval_benchmarks):
+        try:
+            check_benchmark(benchmark)
+        except ValueError as error:
+            raise ConfigError(f"run.eval_benchmarks[{index}]: {error}") from None
+
+
+def rejection_ablation_datasets(cfg: Config) -> list[str]:
+    """Training datasets with no-target expressions while ``model.use_rej_token`` is false (the
+    paper's ablation without ``[REJ]``: their absent targets are left out of training prompts)."""
+    if cfg.model.use_rej_token:
+        return []
+    return [name for spec in cfg.data.tasks.values() for name in spec.datasets if DATASETS[name].no_target]

@@ -22,17 +22,17 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from gsva.config import AllRejected, DataConfig, MapillaryUnlabeled, PartTargets, PromptStyle, SlotOrder
 from gsva.data.bad_samples import BadSampleError
 from gsva.text.prompts import (
     EVAL_SINGLE_ANSWER,
     TRAIN_PHRASINGS,
     PromptSettings,
-    PromptStyle,
     ReasoningAnswer,
     answer_tokens,
     format_slots,
@@ -43,20 +43,6 @@ from gsva.text.tokenization import TokenizedConversation, tokenize_conversation
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
 from gsva.text.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN
 
-if TYPE_CHECKING:  # the config validates dataset names through the catalog, which builds samples
-    from gsva.config import DataConfig
-
-SlotOrder = Literal["shuffled", "listed"]
-"""Order of a training sample's targets when it asks every candidate (``data.slot_order``)."""
-
-AllRejected = Literal["swap_one", "redraw"]
-"""What a referring draw whose every expression is no-target becomes (``data.all_rejected``)."""
-
-PartTargets = Literal["class", "instance"]
-"""What a target of PACO-LVIS and PASCAL-Part is (``data.part_targets``)."""
-
-MapillaryUnlabeled = Literal["ignore", "class"]
-"""What Mapillary's "unlabeled" label is (``data.mapillary_unlabeled``)."""
 
 T = TypeVar("T")
 

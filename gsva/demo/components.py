@@ -37,7 +37,7 @@ from gsva.text.conversation import get_template
 from gsva.data.refer_seg.reader import ReferIndex
 from gsva.text.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
 from gsva.data.samples import pad_sam_images, pad_sequences
-from gsva.demo.settings import SyntheticSpec
+from gsva.config_demo import SyntheticSpec
 from gsva.demo.synthetic import DATASET_NAME, attributes_path, render_image
 from gsva.text.tokenization import tokenize_conversation
 from gsva.text.tokenizer import train_tiny_bpe

@@ -13,7 +13,8 @@ from dataclasses import replace
 from gsva.config import Config
 from gsva.demo.components import ComponentPaths, prepare_components
 from gsva.demo.synthetic import synthetic_dataset_exists, write_synthetic_grefcoco
-from gsva.engine.distributed import barrier, init_distributed, is_main
+from gsva.distributed import barrier, is_main
+from gsva.engine.distributed import init_distributed
 
 LOGGER = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from gsva.data.refer_seg.reader import (
     refs_path,
 )
 from gsva.atomic import write_bytes_atomic, write_text_atomic
-from gsva.demo.settings import COLOURS, SPLITS, SyntheticSpec
+from gsva.config_demo import COLOURS, SPLITS, SyntheticSpec
 from gsva.data.masks import decode_segmentation, encode_rle, encode_uncompressed_rle
 
 SHAPES = ("circle", "square", "triangle")

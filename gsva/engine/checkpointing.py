@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from gsva.atomic import sync_directory, write_text_atomic
-from gsva.engine.distributed import barrier, is_main, rank
+from gsva.distributed import barrier, is_main, rank
 
 LATEST = "latest"
 STAGING_PREFIX = ".staging-"

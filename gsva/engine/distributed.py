@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
-
 import torch
 import torch.distributed as dist
 
@@ -36,29 +34,3 @@ def init_distributed() -> torch.device:
 
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return device
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if dist.is_initialized() and world_size() > 1:
-        dist.barrier()
-
-
-def gather_objects(items: list[Any]) -> list[Any]:
-    """Concatenate every rank's list on every rank (order: rank 0's items first)."""
-    if not dist.is_initialized() or world_size() == 1:
-        return list(items)
-    gathered: list[list[Any]] = [[] for _ in range(world_size())]
-    dist.all_gather_object(gathered, items)
-    return [item for part in gathered for item in part]

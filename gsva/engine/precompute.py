@@ -23,7 +23,7 @@ from gsva.data.mixture import FullPassStream
 from gsva.data.catalog import dataset_entry
 from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator, ImageSample
-from gsva.engine.distributed import is_main, rank, world_size
+from gsva.distributed import is_main, rank, world_size
 from gsva.feature_cache import MANIFEST_NAME, FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
 from gsva.model.encoder_features import encode_features, encoder_layout
 from gsva.model.gsva import GsvaModel

@@ -24,15 +24,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from gsva.batch import GsvaBatch
-from gsva.config import Config, check_global_batch, rejection_ablation_datasets
+from gsva.config import Config, check_global_batch
 from gsva.data.bad_samples import BadSampleTally
-from gsva.data.catalog import dataset_entry
+from gsva.data.catalog import check_dataset_names, dataset_entry, rejection_ablation_datasets
 from gsva.data.mixture import FullPassSampler, FullPassStream, MixtureSampler, MixtureStream
 from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator
 from gsva.engine.checkpointing import all_finite, load_rng_state, prune_checkpoints, remove_staging, resolve_resume, save_checkpoint
 from gsva.engine.deepspeed_files import check_deepspeed_files
-from gsva.engine.distributed import barrier, init_distributed, is_main, rank, world_size
+from gsva.distributed import barrier, is_main, rank, world_size
+from gsva.engine.distributed import init_distributed
 from gsva.engine.interruptions import NonFiniteGuard, StopRequest, agree
 from gsva.evaluation.benchmarks import parse_benchmark
 from gsva.evaluation.report import evaluate_benchmark
@@ -315,6 +316,7 @@ def log_step(engine, cfg: Config, step: int, window: LogWindow, writer: SummaryW
 
 def train(cfg: Config, resume: str | None = None) -> TrainResult:
     """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
+    check_dataset_names(cfg)
     device = init_distributed()
     check_global_batch(cfg, world_size())
     ablated = rejection_ablation_datasets(cfg)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gsva.batch import GsvaBatch
-from gsva.engine.distributed import gather_objects, is_main
+from gsva.distributed import gather_objects, is_main
 from gsva.evaluation.boxes import mask_box_iou
 from gsva.evaluation.scores import ExpressionScore, Metrics, score_expression
 from gsva.evaluation.table import format_metrics_table

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from gsva.batch import GsvaBatch
 from gsva.data.samples import Collator
 from gsva.data.transforms import read_rgb
-from gsva.engine.distributed import is_main, rank, world_size
+from gsva.distributed import is_main, rank, world_size
 from gsva.evaluation.evaluator import BenchmarkEvaluator
 from gsva.evaluation.overlays import render_overlay, save_overlay
 from gsva.evaluation.resume import PartialRecords

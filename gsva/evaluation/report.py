@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from gsva.atomic import write_json_atomic, write_jsonl_atomic
 from gsva.data.sample_builder import SampleBuilder
-from gsva.engine.distributed import rank, world_size
+from gsva.distributed import rank, world_size
 from gsva.evaluation.benchmarks import Benchmark, benchmark_evaluator, open_benchmark
 from gsva.evaluation.loop import run_evaluation
 from gsva.evaluation.resume import PartialRecords, model_layout, remove_partials, weights_identity

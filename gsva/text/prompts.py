@@ -169,9 +169,6 @@ class AnswerForm:
         return self.frame.format(slots=joiner.join(slots))
 
 
-PromptStyle = Literal["gsva", "gsva_release"]
-"""Training phrasing (``data.prompt_style``): this project's, or the authors' released one."""
-
 ReasoningAnswer = Literal["mask", "explained", "text_only"]
 """How a reasoning query is answered: ``[SEG]``, ``[SEG]`` followed by the image's explanation,
 or the explanation alone (no slot, no mask)."""
