@@ -220,6 +220,10 @@ class MixtureSampler:
         self.world_size = world_size
         self.start_micro_step = start_micro_step
 
+    def starting_at(self, micro_step: int) -> "MixtureSampler":
+        """The same sampler, continuing from ``micro_step`` (a resumed run)."""
+        return MixtureSampler(self.micro_batch_size, self.rank, self.world_size, micro_step)
+
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_micro_step
         while True:
@@ -259,6 +263,12 @@ class FullPassSampler:
     @property
     def batches_per_epoch(self) -> int:
         return (self.length // self.world_size) // self.micro_batch_size
+
+    def starting_at(self, micro_step: int) -> "FullPassSampler":
+        """The same sampler (its length hints kept, not recomputed), continuing from ``micro_step``."""
+        return FullPassSampler(
+            self.length, self.micro_batch_size, self.rank, self.world_size, self.seed, micro_step, self.lengths
+        )
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, skip = divmod(self.start_micro_step, self.batches_per_epoch)

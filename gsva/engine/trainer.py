@@ -1,9 +1,15 @@
 """The training recipe: DeepSpeed (ZeRO-2 by default) on CUDA/NCCL or CPU/gloo, one code path.
 
-Reads top to bottom: write the resolved config to ``<output_dir>/config.yaml``, build tokenizer +
-model, wrap in DeepSpeed with AdamW + warm-up/linear-decay, loop over micro-batches,
-log to TensorBoard, evaluate every ``run.eval_every`` steps (or each epoch), save DeepSpeed
-checkpoints and a consolidated ``model.safetensors`` of the trainable weights, then evaluate.
+``train(cfg)`` reads as four stages, in the shape of a torchtune recipe:
+
+- ``setup``: check the config, write it to ``<output_dir>/config.yaml``, build tokenizer + model,
+  the training data and the DeepSpeed engine (AdamW, warm-up then linear decay), resume;
+- ``train_loop``: micro-batches through ``backward_and_step`` (the engine's accumulation,
+  clipping and update), logged to TensorBoard and ``history.jsonl``, evaluated every
+  ``run.eval_every`` updates (or each epoch), checkpointed every ``schedule.save_every``;
+- ``finish``: the consolidated trainable weights ``final/model.safetensors`` and the final
+  evaluation (or, when a signal stopped the run, where to continue from);
+- cleanup: the TensorBoard writer is closed whatever happened.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from gsva.feature_cache import FeatureCache
 from gsva.model.encoder_features import encoder_layout
 from gsva.model.gsva import GsvaModel
 from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_config
-from gsva.model.weights import load_trainable_weights
+from gsva.model.weights import WEIGHTS_NAME, load_trainable_weights
 from gsva.model.trainable import SAM_SIDE_TRAINED
 from gsva.pipeline import build_pipeline
 
@@ -60,7 +66,7 @@ class TrainResult:
     steps: int
     history: list[dict[str, float]]
     weights: Path
-    writer: SummaryWriter | None
+    """``final/model.safetensors``, or the checkpoints directory of a stopped run."""
     evaluations: dict[str, dict[str, Any] | None]
     """Summary of each benchmark scored at the end (rank 0; None on the other ranks)."""
     stopped_by: str | None = None
@@ -227,10 +233,16 @@ def evaluate_benchmarks(
         visualize=cfg.run.num_visualizations if final else 0,
         output_root=str(Path(cfg.run.output_dir) / "eval") if final else None,
     )
-    return {
-        benchmark.name: evaluate_benchmark(model, builder, benchmark, cfg.data.dataset_dir, settings, device, writer, step)
+    summaries = {
+        benchmark.name: evaluate_benchmark(model, builder, benchmark, cfg.data.dataset_dir, settings, device)
         for benchmark in map(parse_benchmark, specs)
     }
+    if writer is not None:
+        for name, summary in summaries.items():
+            for key, value in summary["headline"].items():
+                writer.add_scalar(f"eval_{name}/{key}", value, step)
+        writer.flush()
+    return summaries
 
 
 def resume_from(engine, checkpoint_dir: Path, resume: str | None) -> tuple[int, Path | None]:
@@ -314,8 +326,32 @@ def log_step(engine, cfg: Config, step: int, window: LogWindow, writer: SummaryW
     return record
 
 
-def train(cfg: Config, resume: str | None = None) -> TrainResult:
-    """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
+@dataclass
+class TrainingRun:
+    """What ``setup`` builds for the loop: the engine and its data, where the run writes, and
+    where it starts (``micro_step`` > 0 after a resume)."""
+
+    cfg: Config
+    device: torch.device
+    builder: SampleBuilder
+    engine: Any
+    """The DeepSpeed engine; ``engine.module`` is the ``GsvaModel``."""
+    sampler: MixtureSampler | FullPassSampler
+    batches: Iterator[GsvaBatch]
+    total_steps: int
+    micro_step: int
+    output_dir: Path
+    writer: SummaryWriter | None
+    """TensorBoard, on rank 0 only."""
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+
+def setup(cfg: Config, resume: str | None) -> TrainingRun:
+    """Check the config, write it beside the run, build the model, its data and the engine, and
+    resume from ``resume`` (a checkpoint directory or "auto"; None starts afresh)."""
     check_dataset_names(cfg)
     device = init_distributed()
     check_global_batch(cfg, world_size())
@@ -328,46 +364,49 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         write_config(cfg, output_dir / CONFIG_NAME)  # the resolved config, for export and resume
         LOGGER.info("config as run (also in %s):\n%s", output_dir / CONFIG_NAME, (output_dir / CONFIG_NAME).read_text())
     pipeline = build_pipeline(cfg)
-    model, builder = pipeline.model, pipeline.builder
     if cfg.model.init_weights is not None:
-        load_trainable_weights(model, cfg.model.init_weights)
+        load_trainable_weights(pipeline.model, cfg.model.init_weights)
         LOGGER.info("started from the weights in %s", cfg.model.init_weights)
-    feature_cache = open_feature_cache(cfg, model)
-    stream = training_stream(cfg, builder)
-    total_steps = total_optimizer_steps(training_sampler(stream, cfg, 0), cfg)
-    engine = build_engine(model, cfg, device, lr_schedule(cfg, total_steps))
-    checkpoint_dir = output_dir / "checkpoints"
-    micro_step, resumed_checkpoint = resume_from(engine, checkpoint_dir, resume)
+    feature_cache = open_feature_cache(cfg, pipeline.model)
+    stream = training_stream(cfg, pipeline.builder)
+    sampler = training_sampler(stream, cfg, 0)
+    total_steps = total_optimizer_steps(sampler, cfg)
+    engine = build_engine(pipeline.model, cfg, device, lr_schedule(cfg, total_steps))
+    micro_step, resumed_checkpoint = resume_from(engine, output_dir / "checkpoints", resume)
     if is_main():
-        remove_staging(checkpoint_dir)
-
-    writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
+        remove_staging(output_dir / "checkpoints")
     output_dir.mkdir(parents=True, exist_ok=True)
-    sampler = training_sampler(stream, cfg, micro_step)
-    batches = training_batches(stream, sampler, cfg, builder, feature_cache, device)
+    sampler = sampler.starting_at(micro_step)
+    batches = training_batches(stream, sampler, cfg, pipeline.builder, feature_cache, device)
     restore_random_state(resumed_checkpoint)
-    progress = tqdm(total=total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
-    window = LogWindow(engine.global_steps)
-    history: list[dict[str, float]] = []
-    guard = NonFiniteGuard(cfg.optim.max_consecutive_nonfinite)
-    bad_samples = BadSampleTally()
-    stopped_by = None
+    writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main() else None
+    return TrainingRun(cfg, device, pipeline.builder, engine, sampler, batches, total_steps, micro_step, output_dir, writer)
+
+
+def train_loop(run: TrainingRun) -> tuple[list[dict[str, float]], str | None]:
+    """Micro-steps until ``run.total_steps`` optimizer updates, or until a stop signal, acted on at
+    the next update; logs, evaluates and checkpoints as the config says. Returns the log records
+    and the signal that stopped the run (None when it ran to the end)."""
+    cfg, engine = run.cfg, run.engine
+    progress = tqdm(total=run.total_steps, initial=engine.global_steps, desc="train", disable=not is_main())
+    window, history, stopped_by = LogWindow(engine.global_steps), [], None
+    guard, bad_samples = NonFiniteGuard(cfg.optim.max_consecutive_nonfinite), BadSampleTally()
     with StopRequest() as stop:
-        while engine.global_steps < total_steps:
-            batch = next(batches)
+        while engine.global_steps < run.total_steps:
+            batch = next(run.batches)
             for skipped in bad_samples.record(batch.metadata):
                 LOGGER.warning("skipped a bad sample: %s: %s", skipped["source"], skipped["reason"])
             bad_samples.check(cfg.data.max_bad_samples)
-            losses = engine(batch.to(device))
-            micro_step += 1
+            losses = engine(batch.to(run.device))
+            run.micro_step += 1
             finite, stop_requested = agree(losses.total, stop.requested)  # the one read-back per micro-step
-            guard.record(finite, micro_step)
+            guard.record(finite, run.micro_step)
             if stop_requested and stopped_by is None:  # acted on at the next optimizer step
                 stopped_by = stop.signal_name or "a signal on another rank"
             if not finite:
-                LOGGER.warning("micro-step %d: non-finite loss, step skipped (%d so far)", micro_step, guard.skipped)
-                if writer is not None:
-                    writer.add_scalar("train/skipped_nonfinite_steps", guard.skipped, engine.global_steps)
+                LOGGER.warning("micro-step %d: non-finite loss, step skipped (%d so far)", run.micro_step, guard.skipped)
+                if run.writer is not None:
+                    run.writer.add_scalar("train/skipped_nonfinite_steps", guard.skipped, engine.global_steps)
                 continue
             updated = backward_and_step(engine, losses.total)
             window.add(losses, cached=batch.sam_features is not None)  # read back only at logging steps
@@ -375,43 +414,64 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
                 continue
             step = engine.global_steps
             progress.update(1)
-            if step % cfg.run.log_every == 0 or step == total_steps:
-                record = log_step(engine, cfg, step, window, writer, output_dir)
-                history.append(record)
-                progress.set_postfix(loss=f"{record['total']:.3f}", ce=f"{record['ce']:.3f}", dice=f"{record['dice']:.3f}")
+            if step % cfg.run.log_every == 0 or step == run.total_steps:
+                history.append(log_step(engine, cfg, step, window, run.writer, run.output_dir))
+                progress.set_postfix(loss=f"{history[-1]['total']:.3f}", ce=f"{history[-1]['ce']:.3f}", dice=f"{history[-1]['dice']:.3f}")
                 window = LogWindow(step)
-            if step < total_steps and stopped_by is None and _evaluation_due(cfg, sampler, step, micro_step):
-                evaluate_benchmarks(cfg, engine.module, builder, device, writer, step, final=False)
-            if stopped_by is not None or step % cfg.schedule.save_every == 0 or step == total_steps:
-                checkpoint(engine, checkpoint_dir, step, micro_step, cfg)
+            after_update(run, step, stopped_by)
             if stopped_by is not None:
                 break
     progress.close()
     if bad_samples.count or bad_samples.dropped_expressions:
         LOGGER.warning("rank %d: %s", rank(), bad_samples.summary())
+    return history, stopped_by
+
+
+def after_update(run: TrainingRun, step: int, stopped_by: str | None) -> None:
+    """What follows optimizer update ``step``: an evaluation when one is due (never at the last
+    step, which the final evaluation scores, nor when stopping), a checkpoint every
+    ``schedule.save_every`` updates, at the last one and when stopping."""
+    cfg = run.cfg
+    if step < run.total_steps and stopped_by is None and _evaluation_due(cfg, run.sampler, step, run.micro_step):
+        evaluate_benchmarks(cfg, run.engine.module, run.builder, run.device, run.writer, step, final=False)
+    if stopped_by is not None or step % cfg.schedule.save_every == 0 or step == run.total_steps:
+        checkpoint(run.engine, run.checkpoint_dir, step, run.micro_step, cfg)
+
+
+def finish(run: TrainingRun, history: list[dict[str, float]], stopped_by: str | None) -> TrainResult:
+    """A run that ran to the end: the consolidated trainable weights in ``<output_dir>/final`` and
+    the final evaluation. A stopped one: where to continue from."""
+    engine, cfg = run.engine, run.cfg
+    result = TrainResult(
+        cfg=cfg, model=engine.module, builder=run.builder, device=run.device, steps=engine.global_steps,
+        history=history, weights=run.checkpoint_dir, evaluations={}, stopped_by=stopped_by,
+    )
     if stopped_by is not None:
         if is_main():
             LOGGER.warning(
-                "stopped by %s after optimizer step %d; checkpoint %s. Continue with the same command "
-                "and --resume auto", stopped_by, engine.global_steps, checkpoint_dir / f"step{engine.global_steps}",
+                "stopped by %s after optimizer step %d; checkpoint %s. Continue with the same command and --resume auto",
+                stopped_by, engine.global_steps, run.checkpoint_dir / f"step{engine.global_steps}",
             )
-        return TrainResult(
-            cfg=cfg, model=engine.module, builder=builder, device=device,
-            steps=engine.global_steps, history=history, weights=checkpoint_dir, writer=writer,
-            evaluations={}, stopped_by=stopped_by,
-        )
-    final_dir = output_dir / "final"
+        return result
+    final_dir = run.output_dir / "final"
     if is_main():
         save_pretrained(engine.module, cfg, final_dir)
-        if writer is not None:
-            writer.flush()
     barrier()
-    evaluations = evaluate_benchmarks(cfg, engine.module, builder, device, writer, engine.global_steps, final=True) if cfg.run.eval_at_end else {}
-    return TrainResult(
-        cfg=cfg, model=engine.module, builder=builder, device=device,
-        steps=engine.global_steps, history=history, weights=final_dir / "model.safetensors", writer=writer,
-        evaluations=evaluations,
-    )
+    result.weights = final_dir / WEIGHTS_NAME
+    if cfg.run.eval_at_end:
+        result.evaluations = evaluate_benchmarks(cfg, engine.module, run.builder, run.device, run.writer, engine.global_steps, final=True)
+    return result
+
+
+def train(cfg: Config, resume: str | None = None) -> TrainResult:
+    """Run the recipe; ``resume`` is a checkpoint directory or "auto" (the run's latest)."""
+    run = setup(cfg, resume)
+    try:
+        history, stopped_by = train_loop(run)
+        return finish(run, history, stopped_by)
+    finally:
+        if run.writer is not None:
+            run.writer.close()
 
 
 def _evaluation_due(cfg: Config, sampler: MixtureSampler | FullPassSampler, step: int, micro_step: int) -> bool:

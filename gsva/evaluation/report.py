@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from gsva.atomic import write_json_atomic, write_jsonl_atomic
 from gsva.data.sample_builder import SampleBuilder
@@ -54,10 +53,9 @@ def evaluate_benchmark(
     dataset_root: str | Path,
     settings: EvalSettings,
     device: torch.device,
-    writer: SummaryWriter | None = None,
-    step: int = 0,
 ) -> dict[str, Any] | None:
-    """Score ``benchmark``; rank 0 prints and writes the report and returns it (others: None)."""
+    """Score ``benchmark``; rank 0 prints and writes the report and returns it (others: None).
+    The summary's ``headline`` holds the metrics of the benchmark's table, for a caller to log."""
     dataset = open_benchmark(benchmark, dataset_root, builder, settings)
     evaluator = benchmark_evaluator(benchmark, dataset, settings)
     output = settings.report_dir(benchmark.dataset, benchmark.split)
@@ -75,6 +73,7 @@ def evaluate_benchmark(
         prompt_style=settings.prompt_style,
         question=dataset.builder.prompts.eval_question,
         settings=asdict(settings),
+        headline={key: value for key, value in evaluator.headline(summary).items() if key in evaluator.columns and value is not None},
     )
     print(evaluator.format_summary(summary, settings.protocol, benchmark.name))
     if output is not None:
@@ -83,9 +82,4 @@ def evaluate_benchmark(
         remove_partials(output)  # after the report: an interruption before this leaves them to resume from
         overlays = f" and overlays in {output / 'overlays'}" if settings.visualize else ""
         print(f"wrote {output / 'metrics.json'}, {output / 'records.jsonl'}{overlays}")
-    if writer is not None:
-        for key, value in evaluator.headline(summary).items():
-            if key in evaluator.columns and value is not None:
-                writer.add_scalar(f"eval_{benchmark.name}/{key}", value, step)
-        writer.flush()
     return summary
