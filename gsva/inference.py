@@ -36,9 +36,8 @@ import torch
 from gsva.text.prompts import EVAL_SINGLE_QUESTIONS, resolve_eval_question
 from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import Collator
-from gsva.evaluation.settings import PROTOCOLS
 from gsva.evaluation.overlays import render_prediction, save_overlay
-from gsva.model.gsva import SlotPredictions
+from gsva.model.gsva import PROTOCOLS, SlotPredictions
 from gsva.model.weights import WEIGHTS_NAME
 from gsva.pipeline import Pipeline, from_pretrained
 from gsva.text.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN
@@ -181,10 +180,9 @@ class Segmenter:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r}: expected one of {PROTOCOLS}")
         batch = self.collate([self.builder.evaluation(image, [query]) for image, query in zip(images, queries)])
-        batch = batch.to(self.device)
+        predictions = self.pipeline.model.predict(batch.to(self.device), protocol, max_new_tokens, self.pipeline.tokenizer)
         if protocol == "generate":
-            return self.pipeline.model.generate(batch, max_new_tokens, self.pipeline.tokenizer)
-        predictions = self.pipeline.model.predict_teacher_forced(batch)
+            return predictions
         return [
             replace(prediction, text=self._decided_answer(query, prediction.rejected))
             for query, prediction in zip(queries, predictions)

@@ -60,10 +60,9 @@ from gsva.text.prompts import EVAL_QUESTIONS
 from gsva.bench.authors import AuthorsHarness, add_arguments, ratio
 from gsva.bench.shapes import CPU_SHAPES, SHAPES, build_reference_model
 from gsva.bench.workload import IMAGE_HEIGHT, IMAGE_WIDTH, log, make_image, peak_rss_mib, prepare_tokenizer, rss_mib
-from gsva.model.gsva import SlotPredictions
+from gsva.model.gsva import PROTOCOLS, SlotPredictions
 from gsva.text.special_tokens import IGNORE_INDEX, REJ_TOKEN, SEG_TOKEN
 
-PROTOCOLS = ("teacher-forced", "generate")
 
 
 # ----------------------------------------------------------------- command line
@@ -244,9 +243,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     }, device)
 
     def predict(batch) -> list[SlotPredictions]:
-        if protocol == "teacher-forced":
-            return model.predict_teacher_forced(batch)
-        return model.generate(batch, max_new_tokens, tokenizer)
+        return model.predict(batch, protocol, max_new_tokens, tokenizer)
 
     # Warm-up (thread pool, lazy initialisations; on CUDA also the caching allocator and kernel
     # choices): the first batch on CUDA, its first image alone on the CPU, where nothing is cached

@@ -28,13 +28,6 @@ from gsva.evaluation.settings import EvalSettings
 from gsva.model.gsva import GsvaModel, SlotPredictions
 
 
-def predict(model: GsvaModel, batch: GsvaBatch, settings: EvalSettings, tokenizer=None) -> list[SlotPredictions]:
-    """The protocol of ``settings`` on one batch: one ``SlotPredictions`` per conversation."""
-    if settings.protocol == "teacher-forced":
-        return model.predict_teacher_forced(batch)
-    return model.generate(batch, settings.max_new_tokens, tokenizer)
-
-
 def _write_overlays(batch: GsvaBatch, predictions: list[SlotPredictions], output_dir: Path, limit: int) -> int:
     """Overlay PNGs (prediction | ground truth) of the first ``limit`` conversations; returns how many."""
     written = 0
@@ -86,7 +79,7 @@ def run_evaluation(
     )
     for items, batch in zip(batches, tqdm(loader, desc=f"evaluate ({settings.protocol})", disable=not is_main())):
         batch = batch.to(device)
-        predictions = predict(model, batch, settings, tokenizer)
+        predictions = model.predict(batch, settings.protocol, settings.max_new_tokens, tokenizer)
         records = evaluator.process(batch, predictions)
         overlays = _write_overlays(batch, predictions, overlay_dir, overlays_left) if overlays_left else 0
         overlays_left -= overlays

@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gsva.evaluation.scores import VARIANTS
+from gsva.model.gsva import PROTOCOLS
 
-PROTOCOLS = ("teacher-forced", "generate")
-"""teacher-forced: the paper's protocol (decisions read off the ground-truth answer, masks from a
-second pass with every [REJ] replaced by [SEG]); generate: free greedy decoding."""
 
 PROMPT_STYLES = ("gsva", "gsva_release", "lisa")
 """gsva: one prompt per image naming all its expressions (the paper); gsva_release: the same with

@@ -32,6 +32,11 @@ from gsva.text.vocabulary import SlotTokenIds
 
 SAM_IMAGES_PER_CHUNK = 4
 
+PROTOCOLS = ("teacher-forced", "generate")
+"""How a prediction is made (``GsvaModel.predict``): teacher-forced, the paper's protocol
+(decisions read off the ground-truth answer, masks from a second pass with every ``[REJ]``
+replaced by ``[SEG]``); generate, free greedy decoding."""
+
 
 @dataclass
 class GsvaLosses:
@@ -186,6 +191,18 @@ class GsvaModel(nn.Module):
         return torch.where(input_ids == self.token_ids.rej_id, seg_for_slot, input_ids)
 
     @torch.no_grad()
+    def predict(
+        self, batch: GsvaBatch, protocol: str, max_new_tokens: int = 128, tokenizer=None
+    ) -> list[SlotPredictions]:
+        """One ``SlotPredictions`` per conversation of ``batch`` under ``protocol`` (``PROTOCOLS``):
+        the one dispatch that evaluation, inference and the benchmarks share. ``max_new_tokens``
+        and ``tokenizer`` (to decode the answer text) apply to ``generate``."""
+        if protocol == "teacher-forced":
+            return self.predict_teacher_forced(batch)
+        if protocol == "generate":
+            return self.generate(batch, max_new_tokens, tokenizer)
+        raise ValueError(f"protocol {protocol!r}: expected one of {PROTOCOLS}")
+
     def predict_teacher_forced(self, batch: GsvaBatch) -> list[SlotPredictions]:
         """The paper's protocol, both passes stacked into one forward of 2N conversations."""
         rows = batch.input_ids.shape[0]
