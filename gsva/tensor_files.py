@@ -9,6 +9,7 @@ refused with ``pickle.UnpicklingError`` naming the file and the refused global.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,10 +17,13 @@ import torch
 
 
 def refused_global(error: Exception) -> str:
-    """The line of torch's weights-only error that names the refused global."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if "global" in line.lower() and "weights_only" not in line]
-    return (named or lines or [type(error).__name__])[0]
+    """What torch's weights-only error refused ("Unsupported global: GLOBAL posix.system"),
+    without its advice to allow it."""
+    found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(error))
+    if found:
+        return found.group(0)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and "weights_only" not in line]
+    return (lines or [type(error).__name__])[0]
 
 
 def load_tensor_file(

@@ -1,7 +1,10 @@
 """Component checkpoints in their real layouts load strictly; bad ones fail with a clear message."""
 
+import logging
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from gsva.config import TinyDims
 from gsva.text.tokenizer import load_tokenizer
@@ -48,3 +51,26 @@ def test_llava_without_vision_tower_explains_what_to_do(tmp_path, tokenizer_dir)
     save_llava_checkpoint(llava, tmp_path / "llava", tmp_path / "clip")
     with pytest.raises(FileNotFoundError, match="set model.vision_tower_path"):
         load_llava(tmp_path / "llava", tmp_path / "nowhere", torch.float32)
+
+
+def test_llava_loads_quietly_and_reports_unread_weights_itself(tmp_path, tokenizer_dir, caplog, capsys):
+    """No transformers load report for the projector weights it reads itself; a weight nobody reads
+    is named once, in a warning of its own; a missing decoder weight is an error naming the folder."""
+    tokenizer = load_tokenizer(tokenizer_dir, 512)
+    llava = build_tiny_llava(TinyDims(), len(tokenizer), 32, use_im_start_end=False)
+    save_llava_checkpoint(llava, tmp_path / "llava", tmp_path / "clip")
+    with caplog.at_level(logging.INFO):
+        load_llava(tmp_path / "llava", None, torch.float32)
+    output = caplog.text + "".join(capsys.readouterr())
+    assert "LOAD REPORT" not in output and "UNEXPECTED" not in output and "not read" not in output
+    weights = tmp_path / "llava" / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({**state, "model.stray.weight": torch.zeros(2)}, str(weights), metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_llava(tmp_path / "llava", None, torch.float32)
+    assert "1 checkpoint weights have no place in LlamaForCausalLM and are not read: ['model.stray.weight']" in caplog.text
+    del state["model.norm.weight"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'llava'}: 1 weights of LlamaForCausalLM missing .*model\.norm\.weight"):
+        load_llava(tmp_path / "llava", None, torch.float32)

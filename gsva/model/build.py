@@ -17,6 +17,7 @@ from gsva.model.mllm import build_tiny_llava
 from gsva.model.sam import build_sam
 from gsva.model.trainable import add_lora, apply_trainable_policy
 from gsva.text.vocabulary import TaskVocabulary
+from gsva.model.hf_loading import transformers_notices_silenced
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,7 +93,8 @@ def resize_token_rows(language_model: PreTrainedModel, size: int, new_token_init
     the authors' released code pins) always did."""
     if size == language_model.get_input_embeddings().num_embeddings:
         return
-    language_model.resize_token_embeddings(size, mean_resizing=new_token_init == "mean")
+    with transformers_notices_silenced():  # its notice describes the mean resizing documented above
+        language_model.resize_token_embeddings(size, mean_resizing=new_token_init == "mean")
 
 
 def randomise_projector(model: GsvaModel) -> None:

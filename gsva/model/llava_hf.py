@@ -18,6 +18,7 @@ from torch import nn
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
 from gsva.model.mllm import LlavaModel, load_llava
+from gsva.model.hf_loading import load_checked
 
 
 def is_llava_hf_config(config: dict[str, Any]) -> bool:
@@ -27,9 +28,7 @@ def is_llava_hf_config(config: dict[str, Any]) -> bool:
 
 def load_llava_hf(path: str | Path, dtype: torch.dtype) -> LlavaModel:
     """Load a ``llava-hf`` directory as our ``LlavaModel``; every weight must be in the files."""
-    hf, info = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
-    if info["missing_keys"]:
-        raise ValueError(f"{path}: weights missing from the checkpoint: {sorted(info['missing_keys'])[:10]}")
+    hf = load_checked(LlavaForConditionalGeneration, path, dtype)
     config = hf.config
     if config.vision_feature_select_strategy != "default" or not isinstance(config.vision_feature_layer, int):
         raise ValueError(

@@ -24,6 +24,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 from gsva.atomic import write_json_atomic, write_safetensors_atomic
 from gsva.config import TinyDims
+from gsva.model.hf_loading import load_checked
 from gsva.model.pixels import normalize_clip_images
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from gsva.tensor_files import load_tensor_file
@@ -299,12 +300,10 @@ def load_llava(path: str | Path, vision_tower_path: str | Path | None, dtype: to
             "openai/clip-vit-large-patch14) and set model.vision_tower_path"
         )
     decoder_fields = {key: value for key, value in raw.items() if key not in LLAVA_KEYS + ("model_type", "architectures")}
-    language_model, info = LlamaForCausalLM.from_pretrained(
-        str(path), config=LlamaConfig(**decoder_fields), dtype=dtype, output_loading_info=True
+    language_model = load_checked(
+        LlamaForCausalLM, path, dtype, read_elsewhere=("model.mm_projector.", "model.vision_tower."), config=LlamaConfig(**decoder_fields)
     )
-    if info["missing_keys"]:
-        raise ValueError(f"{path}: decoder weights missing from the checkpoint: {sorted(info['missing_keys'])[:10]}")
-    vision_tower = CLIPVisionModel.from_pretrained(str(tower), dtype=dtype)
+    vision_tower = load_checked(CLIPVisionModel, tower, dtype, read_elsewhere=("text_model.", "logit_scale", "text_projection.", "visual_projection."))
     projector_type = raw.get("mm_projector_type", "linear")
     projector = build_projector(projector_type, raw["mm_hidden_size"], language_model.config.hidden_size)
     projector_state = _read_projector_state(path)
