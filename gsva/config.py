@@ -173,7 +173,12 @@ class ModelConfig:
     sam_checkpoint: Optional[str] = None
     init_weights: Optional[str] = None
     tiny: TinyDims = field(default_factory=TinyDims)
+    finetune: Literal["lora", "full", "frozen"] = "lora"
+    """How the LLM trains: ``lora`` (adapters of rank ``lora_r`` on ``lora_target_modules``, plus
+    the token embeddings and lm_head, where the new token rows live), ``full`` (every LLM weight)
+    or ``frozen`` (none). SAM's mask decoder and the query projector train in every case."""
     lora_r: int = 8
+    """LoRA rank (``finetune: lora``): the paper's 8 for 7B, 64 for 13B."""
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
@@ -374,7 +379,13 @@ def _validate_sampling(data: DataConfig) -> None:
 
 
 def _validate_model(model: ModelConfig) -> None:
-    """Choices that a ``Literal`` check lets through: YAML 1 and 0 compare equal to true and false."""
+    """The LoRA rank of a LoRA finetune, and choices that a ``Literal`` check lets through (YAML 1
+    and 0 compare equal to true and false)."""
+    if model.finetune == "lora" and model.lora_r < 1:
+        raise ConfigError(
+            f"model.lora_r={model.lora_r} with model.finetune=lora: the rank must be >= 1. To train the whole LLM "
+            "set model.finetune=full; to keep it frozen, model.finetune=frozen"
+        )
     if not (isinstance(model.use_im_start_end, bool) or model.use_im_start_end == "auto"):
         raise ConfigError(f"model.use_im_start_end: {model.use_im_start_end!r} is not allowed; expected auto, true or false")
 

@@ -9,7 +9,7 @@ image projector when the run had one: model.mm_projector_init=random) + config.y
 lora_r, source) and loads with ``gsva.model.pretrained.from_pretrained(OUT)``,
 ``python eval.py --weights OUT`` and ``python scripts/infer.py --weights OUT``. With
 --merge-lora, LoRA is folded into the LLM and OUT also holds llava/ (original LLaVA layout), clip/
-and sam.pth, with a config (model.lora_r=0) that points at them.
+and sam.pth, with a config (model.finetune=frozen) that points at them.
 """
 
 from __future__ import annotations

@@ -118,3 +118,9 @@ def test_limits_below_their_minimum_are_named(override, minimum):
     key, value = override.split("=")
     with pytest.raises(ConfigError, match=rf"{key} must be >= {minimum}, got {value}"):
         load_config(TINY_CONFIG, [override])
+
+
+def test_a_lora_finetune_needs_a_rank_and_names_the_other_modes():
+    with pytest.raises(ConfigError, match=r"model\.lora_r=-1 with model\.finetune=lora.*model\.finetune=full.*model\.finetune=frozen"):
+        load_config(TINY_CONFIG, ["model.finetune=lora", "model.lora_r=-1"])
+    assert load_config(TINY_CONFIG, ["model.finetune=frozen", "model.lora_r=0"]).model.finetune == "frozen"

@@ -36,7 +36,7 @@ def outputs(model, batch):
 
 
 def test_save_then_from_pretrained_is_identical(synthetic_root, tokenizer_dir, tmp_path):
-    cfg = tiny_config(synthetic_root, tokenizer_dir, "model.lora_r=4")
+    cfg = tiny_config(synthetic_root, tokenizer_dir, "model.finetune=lora", "model.lora_r=4")
     pipeline = build_pipeline(cfg)
     tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
     with torch.no_grad():  # move the trainable weights away from what a rebuild gives
@@ -58,7 +58,7 @@ def test_save_then_from_pretrained_is_identical(synthetic_root, tokenizer_dir, t
 def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config(
-        synthetic_root, tokenizer_dir, f"run.output_dir={run}", "model.lora_r=4", "schedule.steps=3",
+        synthetic_root, tokenizer_dir, f"run.output_dir={run}", "model.finetune=lora", "model.lora_r=4", "schedule.steps=3",
         "schedule.save_every=2", "run.eval_at_end=false", "optim.micro_batch_size=2", "optim.lr=1e-2",
         "optim.warmup_steps=0",
     )
@@ -75,7 +75,7 @@ def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, t
     exported = export_checkpoint(run / "checkpoints", tmp_path / "export")
     assert exported.step == 3
     summary = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert summary["step"] == 3 and summary["lora_r"] == 4 and summary["source"].endswith("step3")
+    assert summary["step"] == 3 and summary["finetune"] == "lora" and summary["lora_r"] == 4 and summary["source"].endswith("step3")
     loaded = from_pretrained(tmp_path / "export")
     got, got_losses = outputs(loaded.model, batch)
     assert torch.equal(expected_losses, got_losses), (expected_losses, got_losses)
@@ -89,7 +89,7 @@ def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, t
     merged = export_checkpoint(run / "checkpoints", tmp_path / "merged", merge_lora=True)
     assert merged.merged_lora_modules == 2 * cfg.model.tiny.llm_layers  # q_proj and v_proj per layer
     merged_model = from_pretrained(tmp_path / "merged")
-    assert merged_model.cfg.model.lora_r == 0
+    assert merged_model.cfg.model.finetune == "frozen"
     assert not any("lora_" in name for name, _ in merged_model.model.named_parameters())
     got, got_losses = outputs(merged_model.model, batch)
     difference = (got_losses - expected_losses).abs().max().item()
@@ -107,7 +107,7 @@ def test_deepspeed_checkpoint_export_round_trip(synthetic_root, tokenizer_dir, t
 # ----------------------------------------------------------------- a frozen random projector
 PROJECTOR = ("mllm.mm_projector.weight", "mllm.mm_projector.bias")
 RANDOM_PROJECTOR_RUN = (
-    "model.lora_r=4", "schedule.steps=3", "schedule.save_every=1", "schedule.keep_last=3", "run.eval_at_end=false",
+    "model.finetune=lora", "model.lora_r=4", "schedule.steps=3", "schedule.save_every=1", "schedule.keep_last=3", "run.eval_at_end=false",
     "optim.micro_batch_size=2", "optim.lr=1e-2", "optim.warmup_steps=0",
 )
 
@@ -138,7 +138,7 @@ def test_export_of_a_random_projector_run_holds_its_projector(random_projector_r
                                                              tmp_path):
     _, trained, run = random_projector_run
     drawn = projector(trained)
-    fresh = build_pipeline(tiny_config(synthetic_root, tokenizer_dir, "model.lora_r=4")).model
+    fresh = build_pipeline(tiny_config(synthetic_root, tokenizer_dir, "model.finetune=lora", "model.lora_r=4")).model
     assert not torch.equal(projector(fresh)["mllm.mm_projector.weight"], drawn["mllm.mm_projector.weight"])
 
     export_checkpoint(run / "checkpoints", tmp_path / "plain")

@@ -32,7 +32,7 @@ def command(ranks: int, output_dir: Path, synthetic_root: Path, tokenizer_dir: P
     return [
         *launcher, "--no-eval", *extra,
         f"data.dataset_dir={synthetic_root}", "data.synthetic=null", f"model.tokenizer_path={tokenizer_dir}",
-        "components.enabled=false", "model.lora_r=4", "model.lora_dropout=0.2", f"schedule.steps={STEPS}",
+        "components.enabled=false", "model.finetune=lora", "model.lora_r=4", "model.lora_dropout=0.2", f"schedule.steps={STEPS}",
         "schedule.save_every=2", "schedule.keep_last=2", "run.log_every=1", "optim.micro_batch_size=2",
         f"run.output_dir={output_dir}",
     ]

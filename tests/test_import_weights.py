@@ -138,7 +138,7 @@ def test_gsva_bin_imports_exactly(bases, tmp_path, naming):
     out = tmp_path / "imported"
     assert released_import.main(import_args("gsva-bin", tmp_path / "gsva-7b-ft-gres.bin", bases, out)) == 0
     cfg = load_config(out / "config.yaml")
-    assert (cfg.model.sam_type, cfg.model.lora_r, cfg.model.use_rej_token) == ("tiny", 8, True)
+    assert (cfg.model.sam_type, cfg.model.finetune, cfg.model.lora_r, cfg.model.use_rej_token) == ("tiny", "lora", 8, True)
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.model.precision == "fp32"
     assert_model_equals_source(out, source, "gsva-bin")
     tokenizer = build_pipeline(cfg).tokenizer
@@ -157,7 +157,7 @@ def test_lisa_sharded_dir_imports_exactly_via_the_script(bases, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "unplaced 0, missing 0, shape mismatches 0" in result.stdout
     cfg = load_config(out / "config.yaml")
-    assert (cfg.model.lora_r, cfg.model.use_rej_token) == (0, False)
+    assert (cfg.model.finetune, cfg.model.use_rej_token) == ("frozen", False)
     assert_model_equals_source(out, source, "lisa-hf")
 
 

@@ -24,9 +24,9 @@ def make_batch(cfg, tokenizer, prompts, split="train", items=(0, 1), train=True)
     return Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)(samples), dataset
 
 
-@pytest.mark.parametrize("lora_r", [4, 0, -1])
-def test_gradients_only_on_trainable_set(synthetic_root, tokenizer_dir, lora_r):
-    cfg = tiny_config(synthetic_root, tokenizer_dir, f"model.lora_r={lora_r}")
+@pytest.mark.parametrize("finetune", ["lora", "frozen", "full"])
+def test_gradients_only_on_trainable_set(synthetic_root, tokenizer_dir, finetune):
+    cfg = tiny_config(synthetic_root, tokenizer_dir, f"model.finetune={finetune}", "model.lora_r=4")
     torch.manual_seed(0)
     pipeline = build_pipeline(cfg)
     tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
@@ -43,11 +43,11 @@ def test_gradients_only_on_trainable_set(synthetic_root, tokenizer_dir, lora_r):
     assert any("query_projector" in name for name in with_grad)
     assert not any("image_encoder" in name or "vision_tower" in name or "mm_projector" in name for name in trainable)
     llm_trained = {name for name in trainable if name.startswith("mllm.language_model.")}
-    if lora_r > 0:
+    if finetune == "lora":
         assert any("lora_B" in name for name in with_grad)  # lora_A gets zero gradient while lora_B is 0
         assert llm_trained == {n for n in llm_trained if "lora_" in n or "embed_tokens" in n or "lm_head" in n}
         assert any("embed_tokens" in name for name in with_grad) and any("lm_head" in name for name in with_grad)
-    elif lora_r == 0:
+    elif finetune == "frozen":
         assert not llm_trained
     else:
         assert any("mlp.down_proj" in name for name in with_grad)
@@ -151,7 +151,7 @@ def test_teacher_forced_decision_rule(config):
 
 def test_gradient_checkpointing_and_llama2_template(synthetic_root, tokenizer_dir):
     cfg = tiny_config(
-        synthetic_root, tokenizer_dir, "model.lora_r=4", "model.gradient_checkpointing=true", "data.conversation=llava_llama_2"
+        synthetic_root, tokenizer_dir, "model.finetune=lora", "model.lora_r=4", "model.gradient_checkpointing=true", "data.conversation=llava_llama_2"
     )
     pipeline = build_pipeline(cfg)
     tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts

@@ -94,7 +94,7 @@ def shipped_pretrain_recipe(root: Path, tokenizer_dir: Path, output_dir: Path, *
         [
             f"data.dataset_dir={root}", f"model.tokenizer_path={tokenizer_dir}", f"run.output_dir={output_dir}",
             "model.llava_path=null", "model.vision_tower_path=null", "model.sam_type=tiny", "model.sam_checkpoint=null",
-            "model.lora_r=4", "model.precision=fp32", "model.gradient_checkpointing=false",
+            "model.finetune=lora", "model.lora_r=4", "model.precision=fp32", "model.gradient_checkpointing=false",
             "data.sam_image_size=64", "data.clip_image_size=32", "data.num_workers=0",
             "optim.micro_batch_size=4", "optim.grad_accum_steps=1", "optim.global_batch_size=null", "optim.warmup_steps=1",
             "schedule.steps=4", "run.log_every=1", *overrides,

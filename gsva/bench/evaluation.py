@@ -282,6 +282,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             "tokenizer_entries": len(tokenizer),
             "dims": dataclasses.asdict(cfg.model.tiny),
             "sam": cfg.model.sam_type,
+            "finetune": cfg.model.finetune,
             "lora": {"r": cfg.model.lora_r, "alpha": cfg.model.lora_alpha, "targets": cfg.model.lora_target_modules},
         },
         "protocol": protocol,

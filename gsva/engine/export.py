@@ -4,7 +4,7 @@
 (``<output_dir>/checkpoints`` — its ``latest`` tag — or one ``stepN`` directory) are consolidated
 with DeepSpeed's ``zero_to_fp32`` utility, loaded strictly into the model rebuilt as the run
 built it (``run_model``: every ``requires_grad`` parameter must be filled), and written as
-``model.safetensors`` + ``config.yaml`` (``save_pretrained``) + ``config.json`` (step, lora_r,
+``model.safetensors`` + ``config.yaml`` (``save_pretrained``) + ``config.json`` (step, finetune, lora_r,
 source). The result loads with ``from_pretrained(out)`` and ``eval.py --weights out``.
 
 The file holds exactly ``stored_parameter_names`` of that model: the trainable weights and the
@@ -20,7 +20,7 @@ holds every parameter, frozen ones included): the values the run trained with, n
                       model.safetensors; the LLM part loads with LlamaForCausalLM) + tokenizer
     out/clip/         the CLIP vision tower (HF directory, referenced by mm_vision_tower)
     out/sam.pth       the whole SAM (segment_anything key layout)
-    out/model.safetensors + config.yaml   model.lora_r=0 and the paths above: the trainable set
+    out/model.safetensors + config.yaml   model.finetune=frozen and the paths above: the trainable set
                       of that policy (mask decoder, query projector) loads strictly
     out/config.json   the summary
 
@@ -200,11 +200,11 @@ def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]
         tokenizer_path=str(llava_dir.resolve()),
         vision_tower_path=str(clip_dir.resolve()),
         sam_checkpoint=str(sam_file.resolve()),
-        lora_r=0,
+        finetune="frozen",
         init_weights=None,
     )
     merged_cfg = replace(cfg, model=model_cfg, components=replace(cfg.components, enabled=False))
-    # The policy of lora_r=0 on the merged model: only what it trains is stored beside.
+    # The frozen-LLM policy on the merged model: only what it trains is stored beside.
     apply_trainable_policy(model, model_cfg)
     return merged_cfg, merged
 
@@ -236,6 +236,7 @@ def export_checkpoint(
     step = checkpoint_step(checkpoints, tag)
     summary = {
         "step": step,
+        "finetune": cfg.model.finetune,
         "lora_r": cfg.model.lora_r,
         "merged_lora": merge_lora,
         "merged_lora_modules": merged,

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = dataclasses.replace(
         cfg.model,
         sam_type=released.infer_sam_type(source, args.format),
-        lora_r=lora_r,
+        finetune="lora" if lora_r else "frozen",  # merged weights (lisa-hf) carry no adapters
+        lora_r=lora_r or cfg.model.lora_r,
         lora_alpha=args.lora_alpha,
         lora_target_modules=targets or list(cfg.model.lora_target_modules),
         use_rej_token=args.format == "gsva-bin",

@@ -3,8 +3,8 @@
 LoRA (peft) on the attention projections named in ``lora_target_modules``; token embeddings and
 lm_head (the new ``[SEG]``/``[REJ]`` rows live there); SAM's mask decoder; the query projector.
 Frozen: the LLM base weights, CLIP, the mm projector, SAM's image and prompt encoders.
-``lora_r == 0`` keeps the whole LLM frozen (embeddings and lm_head included); ``lora_r < 0``
-trains the whole LLM instead of LoRA.
+``model.finetune`` chooses the LLM's part: ``lora`` as above, ``full`` the whole LLM, ``frozen``
+none of it (embeddings and lm_head included).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ LLM_TRAINED_WITH_LORA = ("embed_tokens", "lm_head", "lora_")
 
 
 def add_lora(language_model: nn.Module, cfg: ModelConfig) -> None:
-    """Inject LoRA adapters in place (no wrapper module) when ``cfg.lora_r > 0``."""
-    if cfg.lora_r <= 0:
+    """Inject LoRA adapters in place (no wrapper module) when ``cfg.finetune`` is ``lora``."""
+    if cfg.finetune != "lora":
         return
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -40,10 +40,8 @@ def is_trainable(name: str, cfg: ModelConfig) -> bool:
         return True
     if not name.startswith("mllm.language_model."):
         return False
-    if cfg.lora_r < 0:
-        return True
-    if cfg.lora_r == 0:
-        return False
+    if cfg.finetune != "lora":
+        return cfg.finetune == "full"
     return any(part in name for part in LLM_TRAINED_WITH_LORA)
 
 
