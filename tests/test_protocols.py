@@ -2,6 +2,7 @@
 
 import torch
 
+from gsva.model.gsva import align_slots
 from gsva.pipeline import build_pipeline
 from tests.test_model import make_batch
 
@@ -49,3 +50,14 @@ def test_generate_batches_like_single_samples(config):
         assert alone.text == prediction.text
         assert alone.rejected == prediction.rejected
         assert all(torch.equal(a, b) for a, b in zip(alone.masks, prediction.masks))
+
+
+def test_align_slots_matches_generated_slots_in_order():
+    """Pure parsing of a generated answer's slot tokens, without a model."""
+    exact = align_slots([True, False, True], 3)
+    assert (exact.rejected, exact.mask_index, exact.parse_failures) == ([False, True, False], [0, None, 1], 0)
+    short = align_slots([False], 3)  # two slots never generated: rejected, and two failures
+    assert (short.rejected, short.mask_index, short.parse_failures) == ([True, True, True], [None, None, None], 2)
+    extra = align_slots([True, True, False, True], 2)  # the extra slots are dropped
+    assert (extra.rejected, extra.mask_index, extra.parse_failures) == ([False, False], [0, 1], 2)
+    assert align_slots([], 0).parse_failures == 0

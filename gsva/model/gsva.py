@@ -275,31 +275,49 @@ class GsvaModel(nn.Module):
         per_query = iter([mask > 0 for group in mask_groups for mask in group])
         predictions = []
         for conv in range(sequences.shape[0]):
-            expected = int(batch.slot_exists[conv].numel())
             height, width = batch.original_sizes[int(batch.conv_to_image[conv])]
             empty = torch.zeros((height, width), dtype=torch.bool, device=producing.device)
-            slots = sequences[conv][generated_slot[conv]].tolist()
-            rejected, masks = [], []
-            for token in slots:
-                is_seg = token in self.token_ids.seg_ids
-                mask = next(per_query) if is_seg else empty
-                if len(rejected) < expected:
-                    rejected.append(not is_seg)
-                    masks.append(mask)
-            failures = abs(expected - len(slots))
-            while len(rejected) < expected:
-                rejected.append(True)
-                masks.append(empty)
-            text = tokenizer.decode(sequences[conv][~finished[conv]]) if tokenizer is not None else ""
+            generated = [token in self.token_ids.seg_ids for token in sequences[conv][generated_slot[conv]].tolist()]
+            generated_masks = [next(per_query) for is_seg in generated if is_seg]
+            slots = align_slots(generated, int(batch.slot_exists[conv].numel()))
+            masks = [generated_masks[index] if index is not None else empty for index in slots.mask_index]
             predictions.append(
                 SlotPredictions(
-                    rejected=rejected,
+                    rejected=slots.rejected,
                     masks=torch.stack(masks).cpu() if masks else torch.zeros((0, height, width), dtype=torch.bool),
-                    text=text,
-                    parse_failures=failures,
+                    text=tokenizer.decode(sequences[conv][~finished[conv]]) if tokenizer is not None else "",
+                    parse_failures=slots.parse_failures,
                 )
             )
         return predictions
+
+
+@dataclass(frozen=True)
+class SlotAlignment:
+    """A generated answer's slot tokens matched to the expected slots, in order."""
+
+    rejected: list[bool]
+    """Per expected slot: answered ``[REJ]``, or not answered at all."""
+    mask_index: list[int | None]
+    """Per expected slot: the index of its mask among the answer's generated ``[SEG]`` masks; None
+    when it has none (rejected or missing)."""
+    parse_failures: int
+    """How many slots are missing or extra."""
+
+
+def align_slots(generated: list[bool], expected: int) -> SlotAlignment:
+    """Match the slot tokens of a generated answer (True = a ``[SEG]``, False = ``[REJ]``, in the
+    order generated) to ``expected`` slots: the first ``expected`` answer them in order, extra
+    ones are dropped, missing slots count as rejected; each missing or extra slot is a parse
+    failure."""
+    seg_index = [sum(generated[:position]) if is_seg else None for position, is_seg in enumerate(generated)]
+    kept = list(zip(generated, seg_index))[:expected]
+    missing = expected - len(kept)
+    return SlotAlignment(
+        rejected=[not is_seg for is_seg, _ in kept] + [True] * missing,
+        mask_index=[index for _, index in kept] + [None] * missing,
+        parse_failures=abs(expected - len(generated)),
+    )
 
 
 def _per_image(query_to_image: torch.Tensor, batch: GsvaBatch) -> list[int]:
