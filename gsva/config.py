@@ -434,10 +434,11 @@ def check_global_batch(cfg: Config, world_size: int) -> None:
 
 def _validate_minimums(cfg: Config) -> None:
     """Counts and limits that have a lower bound."""
-    lr_decay_steps = cfg.schedule.lr_decay_steps
+    decay = cfg.schedule.lr_decay_steps
+    decay_steps = [] if decay is None else [("schedule.lr_decay_steps", decay, cfg.optim.warmup_steps + 1)]
     for key, value, minimum in (
         ("schedule.steps", cfg.schedule.steps, 1),
-        ("schedule.lr_decay_steps", lr_decay_steps if lr_decay_steps is not None else cfg.optim.warmup_steps + 1, cfg.optim.warmup_steps + 1),
+        *decay_steps,
         ("optim.max_consecutive_nonfinite", cfg.optim.max_consecutive_nonfinite, 1),
         ("data.max_bad_samples", cfg.data.max_bad_samples, 0),
         ("data.prefetch_factor", cfg.data.prefetch_factor, 1),

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from gsva.engine.export import export_checkpoint
+from gsva.engine.export import copy_weights, export_checkpoint
 from gsva.engine.trainer import train
 from gsva.model import build
 from gsva.model.weights import stored_parameter_names
@@ -232,3 +233,10 @@ def test_infer_script_writes_masks_and_prints_decisions(synthetic_root, tokenize
     )
     assert prompt.returncode == 0, prompt.stderr[-3000:]
     assert (tmp_path / "reason" / "a" / "mask_00_the_thing_that_is_most_red.png").is_file()
+
+
+def test_a_weight_missing_from_a_checkpoint_is_named():
+    """Export refuses a checkpoint that lacks a weight it must copy, naming the file and the weight."""
+    layer = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"step3/states\.pt: 1 frozen weights .* are not in it, e\.g\. \['bias'\]; hint"):
+        copy_weights(layer, {"weight", "bias"}, {"weight": torch.zeros(2, 2)}, Path("step3/states.pt"), "frozen weights (test)", "hint")

@@ -126,9 +126,15 @@ def run_model(cfg: Config) -> GsvaModel:
     return model
 
 
-def copy_weights(model: GsvaModel, names: set[str], state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
-    """Copy ``state[name]`` into each parameter ``name`` of ``model`` (shapes must match); returns
-    those tensors in fp32, by name."""
+def copy_weights(
+    model: GsvaModel, names: set[str], state: dict[str, torch.Tensor], source: Path, what: str, hint: str
+) -> dict[str, torch.Tensor]:
+    """Copy ``state[name]`` into each parameter ``name`` of ``model``; all must be in ``state``
+    (ValueError naming ``source``, ``what`` is missing and the ``hint``) with matching shapes.
+    Returns those tensors in fp32, by name."""
+    missing = sorted(names - set(state))
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} {what} are not in it, e.g. {missing[:5]}; {hint}")
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name in names:
@@ -143,13 +149,9 @@ def load_consolidated(model: GsvaModel, state: dict[str, torch.Tensor], source: 
     """Copy ``state`` into every trainable parameter of ``model``; all must be there. Returns
     the fp32 tensors of the trainable parameters (the other entries of ``state`` are dropped)."""
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    missing = sorted(trainable - set(state))
-    if missing:
-        raise ValueError(
-            f"{source}: {len(missing)} trainable weights of the model rebuilt from the config are not in the "
-            f"checkpoint, e.g. {missing[:5]}; is this the run's config?"
-        )
-    return copy_weights(model, trainable, state, source)
+    return copy_weights(
+        model, trainable, state, source, "trainable weights of the model rebuilt from the config", "is this the run's config?"
+    )
 
 
 def load_frozen_in(model: GsvaModel, checkpoints: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -160,13 +162,10 @@ def load_frozen_in(model: GsvaModel, checkpoints: Path, tag: str) -> dict[str, t
         return {}
     model_states = checkpoints / tag / MODEL_STATES_NAME
     module = load_deepspeed_file(model_states, mmap=zipfile.is_zipfile(model_states))["module"]
-    missing = sorted(names - set(module))
-    if missing:
-        raise ValueError(
-            f"{model_states}: the module state lacks {len(missing)} frozen weights that no checkpoint of the config "
-            f"holds, e.g. {missing[:5]}; expected every parameter of the model, frozen ones included"
-        )
-    return copy_weights(model, names, module, model_states)
+    return copy_weights(
+        model, names, module, model_states, "frozen weights that no checkpoint of the config holds",
+        "the module state should hold every parameter of the model, frozen ones included",
+    )
 
 
 def merge_lora_(module: nn.Module) -> int:
