@@ -13,7 +13,6 @@ index or not) with keys ``model.layers.*``, ``lm_head.*`` and ``model.mm_project
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 from gsva.atomic import write_json_atomic, write_safetensors_atomic
 from gsva.config import TinyDims
 from gsva.model.hf_loading import load_checked
+from gsva.model.splicing import SplicedInputs, splice_image_features, spliced_positions
 from gsva.model.pixels import normalize_clip_images
-from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from gsva.tensor_files import load_tensor_file
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
@@ -47,18 +46,6 @@ def build_projector(projector_type: str, vision_size: int, text_size: int) -> nn
     if projector_type == "mlp2x_gelu":
         return nn.Sequential(nn.Linear(vision_size, text_size), nn.GELU(), nn.Linear(text_size, text_size))
     raise ValueError(f"unknown mm_projector_type {projector_type!r}; expected one of {PROJECTOR_TYPES}")
-
-
-@dataclass
-class SplicedInputs:
-    inputs_embeds: torch.Tensor
-    """(N, L', D) with L' = L - 1 + P (one placeholder replaced by P patch features)."""
-    attention_mask: torch.Tensor
-    """(N, L') bool."""
-    token_ids: torch.Tensor
-    """(N, L') long: the input ids moved to their new positions, ``IMAGE_TOKEN_INDEX`` on patches."""
-    labels: torch.Tensor | None
-    """(N, L') long, ``IGNORE_INDEX`` on patches; None when no labels were given."""
 
 
 class VisionTowerOutputError(RuntimeError):
@@ -131,35 +118,10 @@ class LlavaModel(nn.Module):
         conv_to_image: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> SplicedInputs:
-        """Replace the single image placeholder of each row by the features of its image.
+        """``splice_image_features`` with this model's token embeddings."""
+        return splice_image_features(self.embed_tokens, input_ids, attention_mask, image_features, conv_to_image, labels)
 
-        input_ids, attention_mask, labels: (N, L); image_features: (B, P, D); conv_to_image: (N,).
-        """
-        length = input_ids.shape[1]
-        patches = image_features.shape[1]
-        is_image = input_ids == IMAGE_TOKEN_INDEX
-        placeholder = is_image.to(torch.int64).argmax(dim=1)
-        new_positions = torch.arange(length - 1 + patches, device=input_ids.device).unsqueeze(0)
-        offset = new_positions - placeholder.unsqueeze(1)
-        on_patch = (offset >= 0) & (offset < patches)
-        source = torch.where(offset < 0, new_positions, new_positions - patches + 1).clamp(0, length - 1)
-        token_ids = torch.where(on_patch, IMAGE_TOKEN_INDEX, input_ids.gather(1, source))
-        text_embeds = self.embed_tokens(token_ids)
-        patch_embeds = image_features[conv_to_image.unsqueeze(1), offset.clamp(0, patches - 1)]
-        inputs_embeds = torch.where(on_patch.unsqueeze(-1), patch_embeds.to(text_embeds.dtype), text_embeds)
-        new_mask = on_patch | attention_mask.gather(1, source)
-        new_labels = None
-        if labels is not None:
-            new_labels = torch.where(on_patch, IGNORE_INDEX, labels.gather(1, source))
-        return SplicedInputs(inputs_embeds, new_mask, token_ids, new_labels)
-
-    @staticmethod
-    def spliced_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, patches: int) -> torch.Tensor:
-        """Where the hidden state of token (rows, cols) of ``input_ids`` (N, L) lands after ``splice``
-        with ``patches`` features per image: (K,) positions. The placeholder's own state is its last
-        patch's (the state that predicts the token after the image). Computed on the device."""
-        placeholder = (input_ids == IMAGE_TOKEN_INDEX).to(torch.int64).argmax(dim=1)
-        return cols + (cols >= placeholder[rows]).to(cols.dtype) * (patches - 1)
+    spliced_positions = staticmethod(spliced_positions)
 
     def last_hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(N, L', D) post-norm output of the decoder's last layer; ``attention_mask`` (N, L') or
