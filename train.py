@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = [*args.overrides, *(["run.eval_at_end=false"] if args.no_eval else [])]
+    overrides = [*args.overrides, *(["eval.at_end=false"] if args.no_eval else [])]
     cfg = load_config(args.config, overrides)
     check_dataset_names(cfg)  # before the demo's data and components are prepared
     cfg = prepare_demo(cfg)  # the CPU demo's data and components, when asked

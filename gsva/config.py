@@ -49,16 +49,52 @@ class RunConfig:
     output_dir: str = "runs/tiny_synthetic"
     seed: int = 0
     log_every: int = 10
-    num_visualizations: int = 6
-    eval_at_end: bool = True
-    eval_benchmarks: list[str] = field(default_factory=list)
-    eval_every: int = 0
-    eval_each_epoch: bool = False
-    eval_batch_size: int = 8
-    eval_prompt_style: Literal["gsva", "gsva_release", "lisa"] = "gsva"
-    """How evaluations during and after training ask their prompts (``eval.py --prompt-style``)."""
-    eval_metric_variant: Literal["gres", "gsva"] = "gres"
-    """Which gIoU/cIoU variant training logs and prints (both are in ``metrics.json``)."""
+
+
+EvalProtocol = Literal["teacher-forced", "generate"]
+"""teacher-forced: the paper's protocol (decisions read off the ground-truth answer); generate:
+free greedy decoding with KV cache, answers parsed into slots."""
+
+EvalPromptStyle = Literal["gsva", "gsva_release", "lisa"]
+"""gsva: one prompt per image naming all its expressions (the paper); gsva_release: the same with
+the exact prompt of the authors' released evaluation; lisa: one single-target prompt per
+expression."""
+
+
+MetricVariant = Literal["gres", "gsva"]
+"""GRES metrics: ``gres`` = the benchmark's definitions; ``gsva`` = the authors' released code's."""
+
+
+@dataclass
+class EvalConfig:
+    """How benchmarks are scored, by training (``every`` updates, ``each_epoch``, ``at_end``) and
+    by ``eval.py``, whose flags override these fields."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["grefcoco:val"])
+    """``<dataset>:<split>`` benchmarks, e.g. ``grefcoco:val``, ``refcocog:test``, ``reason_seg:val``."""
+    protocol: EvalProtocol = "teacher-forced"
+    prompt_style: EvalPromptStyle = "gsva"
+    one_expression_per_prompt: bool = False
+    """Referring benchmarks: ask the gsva question once per expression instead of once per image."""
+    question_template: str = "please"
+    """The gsva question (Table A2): a name of ``gsva.text.prompts.EVAL_QUESTIONS`` or a template
+    containing ``{objs}``."""
+    metric_variant: MetricVariant = "gres"
+    """GRES: which gIoU/cIoU variant is printed and logged (both are in ``metrics.json``)."""
+    batch_size: int = 8
+    """Images per forward pass on each rank."""
+    num_workers: int = 2
+    """DataLoader workers per rank."""
+    max_new_tokens: int = 128
+    """Generation length limit (``protocol: generate``)."""
+    visualize: int = 6
+    """Overlay PNGs written per benchmark by a report (training's final evaluation, ``eval.py``)."""
+    every: int = 0
+    """Training: evaluate every this many optimizer updates (0 = never during training)."""
+    each_epoch: bool = False
+    """Training in ``schedule.mode: epochs``: evaluate at the end of each epoch."""
+    at_end: bool = True
+    """Training: evaluate the final weights and write their reports under ``<output_dir>/eval``."""
 
 
 @dataclass
@@ -76,15 +112,13 @@ class DataConfig:
         default_factory=lambda: {"refer_seg": TaskConfig(weight=1.0, datasets=["grefcoco"])}
     )
     train_split: str = "train"
-    eval_dataset: str = "grefcoco"
-    eval_split: str = "val"
     num_classes_per_sample: int = 5
     prompt_style: PromptStyle = "gsva"
     """Training questions, answers and how they write expressions: ``gsva`` (this project's) or
     ``gsva_release``, the authors' released training code's, character for character (its four
     questions and five answer forms, expressions stripped of surrounding spaces and dots and
     lower-cased in the question, class names with their underscores; LISA's phrasings for
-    reasoning queries). Evaluation prompts are chosen apart (``run.eval_prompt_style``)."""
+    reasoning queries). Evaluation prompts are chosen apart (``eval.prompt_style``)."""
     slot_order: SlotOrder = "shuffled"
     """Order of the targets of a sample whose image has fewer candidates than it may ask (all are
     asked): ``shuffled``, or ``listed`` (expressions in the order of the refs file, classes by id,
@@ -242,7 +276,23 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     components: ComponentPretrainConfig = field(default_factory=ComponentPretrainConfig)
+
+
+MOVED_KEYS = {
+    "run.eval_at_end": "eval.at_end",
+    "run.eval_benchmarks": "eval.benchmarks",
+    "run.eval_every": "eval.every",
+    "run.eval_each_epoch": "eval.each_epoch",
+    "run.eval_batch_size": "eval.batch_size",
+    "run.eval_prompt_style": "eval.prompt_style",
+    "run.eval_metric_variant": "eval.metric_variant",
+    "run.num_visualizations": "eval.visualize",
+    "data.eval_dataset": "eval.benchmarks (<dataset>:<split>)",
+    "data.eval_split": "eval.benchmarks (<dataset>:<split>)",
+}
+"""Keys of earlier config files -> where they live now (named in the error a stale key gets)."""
 
 
 def _type_name(annotation: Any) -> str:
@@ -299,8 +349,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys here: {names}")
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        if key in MOVED_KEYS:
+            raise ConfigError(f"{key} is now {MOVED_KEYS[key]}: rename it in the config file or override")
+        raise ConfigError(f"unknown key {key}; allowed keys here: {names}")
     kwargs = {
         name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in values.items()
@@ -330,8 +382,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.num_classes_per_sample must be >= 1")
     _validate_tasks(cfg.data)
     _validate_sampling(cfg.data)
-    if cfg.run.eval_every < 0 or cfg.run.eval_batch_size < 1:
-        raise ConfigError("run.eval_every must be >= 0 and run.eval_batch_size >= 1")
+    _validate_eval(cfg.eval)
     if cfg.model.sam_type != "tiny" and cfg.model.sam_checkpoint is None and not cfg.components.enabled:
         raise ConfigError(
             f"model.sam_checkpoint is required for model.sam_type={cfg.model.sam_type!r} "
@@ -376,6 +427,18 @@ def _validate_sampling(data: DataConfig) -> None:
             f"data.reason_seg_queries_per_image must be >= 1 or null (= data.num_classes_per_sample), "
             f"got {data.reason_seg_queries_per_image}"
         )
+
+
+def _validate_eval(settings: EvalConfig) -> None:
+    """Counts, and a question template that names where the expressions go."""
+    for key in ("batch_size", "max_new_tokens"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"eval.{key} must be >= 1, got {getattr(settings, key)}")
+    for key in ("num_workers", "visualize", "every"):
+        if getattr(settings, key) < 0:
+            raise ConfigError(f"eval.{key} must be >= 0, got {getattr(settings, key)}")
+    if not settings.benchmarks:
+        raise ConfigError("eval.benchmarks is empty; name at least one <dataset>:<split>, e.g. grefcoco:val")
 
 
 def _validate_model(model: ModelConfig) -> None:

@@ -84,6 +84,8 @@ class ComponentPretrainConfig:
     llava_steps: int = 400
     llava_lr: float = 2e-3
     batch_size: int = 16
+    held_out_split: str = "val"
+    """The split of the synthetic set each stage measures itself on."""
     min_sam_iou: float = 0.0
     """Held-out floors each stage must reach, or the run stops (0 = report only)."""
     min_clip_patch_accuracy: float = 0.0

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from gsva.evaluation.evaluator import format_report
 from gsva.evaluation.families import FAMILIES
 from gsva.evaluation.scores import VARIANTS
 
@@ -46,13 +47,12 @@ def main() -> int:
         return 1
     with args.records.open() as handle:
         records = [json.loads(line) for line in handle if line.strip()]
-    evaluator = FAMILIES[family](None, args.metric_variant)
-    summary = evaluator.summary(records)
+    summary = FAMILIES[family].summary(records)
     summary["benchmark"] = benchmark
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(evaluator.format_summary(summary, protocol, benchmark))
+        print(format_report(FAMILIES[family], summary, protocol, benchmark, args.metric_variant))
     return 0
 
 

@@ -12,6 +12,7 @@ from gsva.evaluation.benchmarks import benchmark_evaluator, open_benchmark, pars
 from gsva.evaluation.families import FAMILIES
 from gsva.evaluation.loop import run_evaluation
 from gsva.evaluation.report import evaluate_benchmark
+from gsva.config import EvalConfig
 from gsva.evaluation.settings import EvalSettings
 from gsva.pipeline import build_pipeline
 from tests.conftest import REPO, tiny_config
@@ -39,11 +40,11 @@ def count_slots(dataset) -> int:
 def test_benchmark_reports_its_metrics_from_its_records(setup, spec, tmp_path):
     root, cfg, model, builder = setup
     benchmark = parse_benchmark(spec)
-    settings = EvalSettings(batch_size=2, output_root=str(tmp_path), visualize=1)
+    settings = EvalSettings(EvalConfig(batch_size=2, visualize=1), output_root=str(tmp_path))
     summary = evaluate_benchmark(model, builder, benchmark, root, settings, torch.device("cpu"))
-    expected_slots = count_slots(open_benchmark(benchmark, root, builder, settings))
+    expected_slots = count_slots(open_benchmark(benchmark, root, builder, settings.options))
     assert summary["num_records"] == expected_slots > 0
-    family = FAMILIES[benchmark.family](None)
+    family = FAMILIES[benchmark.family]
     row = family.headline(summary)
     assert all(column in row for column in family.columns)
     report = settings.report_dir(benchmark.dataset, benchmark.split)
@@ -57,7 +58,7 @@ def test_benchmark_reports_its_metrics_from_its_records(setup, spec, tmp_path):
 @pytest.mark.parametrize("spec", ["grefcoco:val", "ade20k:val"])
 def test_score_py_recomputes_metrics_json(setup, spec, tmp_path):
     root, _, model, builder = setup
-    settings = EvalSettings(batch_size=2, output_root=str(tmp_path))
+    settings = EvalSettings(EvalConfig(batch_size=2), output_root=str(tmp_path))
     benchmark = parse_benchmark(spec)
     evaluate_benchmark(model, builder, benchmark, root, settings, torch.device("cpu"))
     report = settings.report_dir(benchmark.dataset, benchmark.split)
@@ -72,9 +73,9 @@ def test_score_py_recomputes_metrics_json(setup, spec, tmp_path):
 def test_prompt_styles_ask_per_image_or_per_expression(setup):
     root, _, _, builder = setup
     benchmark = parse_benchmark("grefcoco:val")
-    per_image = open_benchmark(benchmark, root, builder, EvalSettings())[0]
-    per_expression = open_benchmark(benchmark, root, builder, EvalSettings(one_expression_per_prompt=True))[0]
-    lisa = open_benchmark(benchmark, root, builder, EvalSettings(prompt_style="lisa"))[0]
+    per_image = open_benchmark(benchmark, root, builder, EvalConfig())[0]
+    per_expression = open_benchmark(benchmark, root, builder, EvalConfig(one_expression_per_prompt=True))[0]
+    lisa = open_benchmark(benchmark, root, builder, EvalConfig(prompt_style="lisa"))[0]
     assert len(per_image.conversations) == 1 and len(per_image.conversations[0].slot_exists) == 4
     assert len(per_expression.conversations) == len(lisa.conversations) == 4
     assert all(len(conv.slot_exists) == 1 for conv in lisa.conversations)
@@ -88,11 +89,12 @@ def test_batched_evaluation_equals_one_image_at_a_time(setup, protocol):
     benchmark = parse_benchmark("refzom:test")
     runs = []
     for size in (1, 4):
-        settings = EvalSettings(protocol=protocol, batch_size=size, max_new_tokens=8, one_expression_per_prompt=True)
-        dataset = open_benchmark(benchmark, root, builder, settings)
-        evaluator = benchmark_evaluator(benchmark, dataset, settings)
-        run_evaluation(model, dataset, evaluator, settings, torch.device("cpu"), builder.tokenizer)
-        runs.append(evaluator.evaluate()[0])
+        options = EvalConfig(protocol=protocol, batch_size=size, max_new_tokens=8, one_expression_per_prompt=True)
+        dataset = open_benchmark(benchmark, root, builder, options)
+        evaluator = benchmark_evaluator(benchmark, dataset)
+        run_evaluation(model, dataset, evaluator, options, torch.device("cpu"), builder.tokenizer)
+        evaluator.evaluate()
+        runs.append(evaluator.records)
     fields = ("key", "rejected", "intersection", "union", "pred_area", "generated_text")
     assert [[r[f] for f in fields] for r in runs[0]] == [[r[f] for f in fields] for r in runs[1]]
 

@@ -41,7 +41,7 @@ def test_published_sam_needs_a_checkpoint():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("run.eval_at_end=maybe", r"run\.eval_at_end: expected true or false, got 'maybe'"),
+        ("eval.at_end=maybe", r"eval\.at_end: expected true or false, got 'maybe'"),
         ("optim.global_batch_size=many", r"optim\.global_batch_size: expected int, got 'many'"),
         ("model.lora_target_modules=[q_proj, 3]", r"model\.lora_target_modules\[1\]: expected str, got 3"),
         ("data.tasks={refer_seg: {weight: heavy, datasets: [grefcoco]}}", r"data\.tasks\.refer_seg\.weight: expected float"),

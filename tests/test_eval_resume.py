@@ -13,6 +13,7 @@ from gsva.atomic import write_json_atomic, write_text_atomic
 from gsva.evaluation.benchmarks import parse_benchmark
 from gsva.evaluation.report import evaluate_benchmark
 from gsva.evaluation.resume import partial_path
+from gsva.config import EvalConfig
 from gsva.evaluation.settings import EvalSettings
 from gsva.pipeline import build_pipeline
 from tests.conftest import tiny_config
@@ -65,7 +66,7 @@ def evaluate(setup, output_dir: Path, visualize: int = 0, weights: Path | None =
     root, model, builder, default_weights = setup
     assert output_dir.name == REPORT
     settings = EvalSettings(
-        batch_size=BATCH_SIZE, output_root=str(output_dir.parent), visualize=visualize, weights=str(weights or default_weights)
+        EvalConfig(batch_size=BATCH_SIZE, visualize=visualize), output_root=str(output_dir.parent), weights=str(weights or default_weights)
     )
     return evaluate_benchmark(model, builder, BENCHMARK, root, settings, torch.device("cpu"))
 
@@ -153,7 +154,7 @@ def test_unreadable_partial_file_starts_the_evaluation_over(setup, uninterrupted
 
 def test_evaluation_without_weights_file_is_not_resumable(setup, uninterrupted, monkeypatch, out):
     root, model, builder, _ = setup
-    settings = EvalSettings(batch_size=BATCH_SIZE, output_root=str(out.parent))
+    settings = EvalSettings(EvalConfig(batch_size=BATCH_SIZE, visualize=0), output_root=str(out.parent))
     with monkeypatch.context() as patch:
         count_calls(patch, model, fail_after=2)
         with pytest.raises(Interrupted):

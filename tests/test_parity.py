@@ -28,7 +28,7 @@ from PIL import Image
 import gsva.model.gsva as gsva_module
 from gsva.data.samples import Collator
 from gsva.evaluation.benchmarks import open_benchmark, parse_benchmark
-from gsva.evaluation.settings import EvalSettings
+from gsva.config import EvalConfig
 from gsva.pipeline import Pipeline, from_pretrained
 from tests.conftest import REPO, child_environment
 from tests.parity_kit import KIT, import_kit_weights, kit_json, official_micro_batch, requires_kit
@@ -73,7 +73,7 @@ def traced(imported) -> dict[str, Traced]:
     ``predict_teacher_forced`` (batch 1), with every stage recorded on the way."""
     pipeline = _pipeline(imported)
     cfg, tokenizer, model = pipeline.cfg, pipeline.tokenizer, pipeline.model
-    dataset = open_benchmark(parse_benchmark(BENCHMARK), KIT / "dataset", pipeline.builder, EvalSettings(prompt_style=PROMPT_STYLE))
+    dataset = open_benchmark(parse_benchmark(BENCHMARK), KIT / "dataset", pipeline.builder, EvalConfig(prompt_style=PROMPT_STYLE))
     item_of_image = {image_id: item for item, image_id in enumerate(dataset.image_ids)}
     collate = Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)
     stages: dict[str, object] = {}

@@ -94,23 +94,21 @@ def test_base_sections_merge_and_mappings_replace(tmp_path: Path):
 def test_base_cycle_and_missing_base_are_named(tmp_path: Path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
-    with pytest.raises(ConfigError, match="cycle"):
+    with pytest.raises(ConfigError, match=r"a\.yaml.*b\.yaml"):
         load_config(tmp_path / "a.yaml")
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
-    with pytest.raises(ConfigError, match="missing.yaml.*named as base by"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml.*c\.yaml"):
         load_config(tmp_path / "c.yaml")
 
 
 def test_tasks_are_validated():
-    with pytest.raises(ConfigError, match=r"data\.tasks\.sem_seg\.datasets: 'refcoco' is not a sem_seg dataset"):
+    with pytest.raises(ConfigError, match=r"data\.tasks\.sem_seg\.datasets.*'refcoco'"):
         check_dataset_names(load_config(None, ["model.sam_type=tiny", "data.tasks={sem_seg: {weight: 1, datasets: [refcoco]}}"]))
-    with pytest.raises(ConfigError, match=r"data\.eval_dataset: 'ade20k'"):
-        check_dataset_names(load_config(None, ["model.sam_type=tiny", "data.eval_dataset=ade20k"]))
-    with pytest.raises(ConfigError, match=r"run\.eval_benchmarks\[1\]"):
-        check_dataset_names(load_config(None, ["model.sam_type=tiny", "run.eval_benchmarks=[grefcoco:val, coco:val]"]))
-    with pytest.raises(ConfigError, match="unknown task"):
+    with pytest.raises(ConfigError, match=r"eval\.benchmarks\[1\]"):
+        check_dataset_names(load_config(None, ["model.sam_type=tiny", "eval.benchmarks=[grefcoco:val, coco:val]"]))
+    with pytest.raises(ConfigError, match=r"data\.tasks\.detection"):
         load_config(None, ["model.sam_type=tiny", "data.tasks={detection: {weight: 1, datasets: [coco]}}"])
-    with pytest.raises(ConfigError, match="weight must be > 0"):
+    with pytest.raises(ConfigError, match=r"data\.tasks\.refer_seg\.weight"):
         load_config(None, ["model.sam_type=tiny", "data.tasks.refer_seg.weight=0"])
 
 
@@ -160,12 +158,12 @@ RELEASE_KEYS = {
     "data.part_targets", "data.mapillary_unlabeled", "data.reason_seg_queries_per_image",
     "data.explanatory_text_only_rate", "data.explanatory_rate", "data.model_max_length",
     "model.mm_projector_init", "model.new_token_init", "model.use_im_start_end",
-    "run.eval_prompt_style", "run.eval_metric_variant", "run.output_dir",
+    "eval.prompt_style", "eval.metric_variant", "run.output_dir",
 }
 """What the release preset changes in every stage (when the default differs)."""
 STAGE_RELEASE_KEYS = {
-    "pretrain": {"data.tasks", "run.eval_benchmarks"},
-    "grefcoco": {"run.eval_benchmarks", "schedule.lr_decay_steps", "data.group_by_length", "model.init_weights"},
+    "pretrain": {"data.tasks", "eval.benchmarks"},
+    "grefcoco": {"eval.benchmarks", "schedule.lr_decay_steps", "data.group_by_length", "model.init_weights"},
     "classic_res": {"model.init_weights"},
 }
 """What it changes in one stage only."""
@@ -202,7 +200,7 @@ def test_release_pretraining_uses_the_released_mixture(model: str):
     assert {task: spec.weight for task, spec in cfg.data.tasks.items()} == {"sem_seg": 9, "refer_seg": 3, "vqa": 3, "reason_seg": 1}
     assert "grefcoco" not in cfg.data.tasks["refer_seg"].datasets
     assert cfg.schedule.steps == 5000 and cfg.optim.micro_batch_size * PAPER_GPUS * cfg.optim.grad_accum_steps == 160
-    assert cfg.run.eval_benchmarks == ["reason_seg:val", "grefcoco:val"] and cfg.run.eval_every == 500
+    assert cfg.eval.benchmarks == ["reason_seg:val", "grefcoco:val"] and cfg.eval.every == 500
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from gsva.data.bad_samples import BadSampleError
-from gsva.data.refer_seg.reader import REFER_FORMATS, ReferIndex, images_dir, instances_path, refs_path
+from gsva.data.refer_seg.reader import ReferIndex, images_dir, instances_path, refs_path
+from gsva.data.registry import ReferFormat, datasets_stored_as
 from gsva.data.safe_pickle import load_pickle
 from tests.formats.refer_formats import (
     ACCENTED_PLACE,
@@ -45,7 +46,7 @@ def literal(path: Path) -> str:
 
 
 def test_registry_names_every_dataset() -> None:
-    assert sorted(REFER_FORMATS) == sorted(WRITERS)
+    assert sorted(datasets_stored_as(ReferFormat)) == sorted(WRITERS)
 
 
 @pytest.mark.parametrize("dataset", sorted(WRITERS))

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from gsva.data.sem_seg.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNUSED_IDS
+from gsva.data.registry import SemSegFormat, datasets_stored_as
 from gsva.data.sem_seg.reader import (
-    SEMSEG_DATASETS,
     decoded_image_size,
     open_semseg_source,
     parse_category_name,
@@ -31,7 +31,7 @@ from tests.formats.semseg_formats import (
     write_paco_lvis,
 )
 
-DATASET_SPLITS = [(name, "train") for name in SEMSEG_DATASETS] + [("ade20k", "val")]
+DATASET_SPLITS = [(name, "train") for name in datasets_stored_as(SemSegFormat)] + [("ade20k", "val")]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gsva.engine.trainer import train
 from gsva.evaluation.benchmarks import parse_benchmark
 from gsva.evaluation.report import evaluate_benchmark
+from gsva.config import EvalConfig
 from gsva.evaluation.settings import EvalSettings
 from gsva.pipeline import build_pipeline
 from tests.conftest import REPO, child_environment, tiny_config
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.slow
 def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
     cfg = tiny_config(
         synthetic_root, tokenizer_dir,
-        f"run.output_dir={tmp_path / 'run'}", "schedule.steps=60", "run.log_every=5", "run.eval_every=30",
-        "run.num_visualizations=2", "optim.micro_batch_size=4", "optim.warmup_steps=5", "optim.lr=2e-3",
+        f"run.output_dir={tmp_path / 'run'}", "schedule.steps=60", "run.log_every=5", "eval.every=30",
+        "eval.visualize=2", "optim.micro_batch_size=4", "optim.warmup_steps=5", "optim.lr=2e-3",
     )
     torch.manual_seed(0)
     pipeline = build_pipeline(cfg)
@@ -35,7 +36,7 @@ def test_train_then_eval(synthetic_root, tokenizer_dir, tmp_path):
 
     trained_report = result.evaluations["grefcoco:val"]
     untrained_report = evaluate_benchmark(
-        pipeline.model, pipeline.builder, parse_benchmark("grefcoco:val"), cfg.data.dataset_dir, EvalSettings(batch_size=4), result.device
+        pipeline.model, pipeline.builder, parse_benchmark("grefcoco:val"), cfg.data.dataset_dir, EvalSettings(EvalConfig(batch_size=4)), result.device
     )
     assert trained_report["metrics"]["gres"]["giou"] > untrained_report["metrics"]["gres"]["giou"] + 0.1
     assert len(list((tmp_path / "run" / "eval" / "grefcoco_val_teacher-forced_gsva" / "overlays").glob("*.png"))) == 2

@@ -409,7 +409,7 @@ def checklist_held_out_accuracy(cfg: Config, llava: LlavaModel, tokenizer, held_
 
 def prepare_components(cfg: Config) -> ComponentPaths:
     """Pretrain and save the tiny SAM and LLaVA under ``cfg.components.output_dir`` if absent.
-    Each stage measures its held-out quality on ``data.eval_split`` and stops the run with
+    Each stage measures its held-out quality on ``components.held_out_split`` and stops the run with
     ``ComponentQualityError`` when it is below its floor (no component is saved then)."""
     paths = ComponentPaths.under(cfg.components.output_dir)
     if paths.complete():
@@ -424,7 +424,7 @@ def _pretrain_and_save(cfg: Config, paths: ComponentPaths) -> None:
     start = time.time()
     generator = torch.Generator().manual_seed(cfg.run.seed)
     data = load_colour_data(cfg, cfg.data.train_split)
-    held_out = load_colour_data(cfg, cfg.data.eval_split)
+    held_out = load_colour_data(cfg, cfg.components.held_out_split)
     sam = pretrain_sam(cfg, data, held_out, generator)
     paths.sam_checkpoint.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tiny_bpe(

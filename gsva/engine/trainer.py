@@ -6,7 +6,7 @@
   the training data and the DeepSpeed engine (AdamW, warm-up then linear decay), resume;
 - ``train_loop``: micro-batches through ``backward_and_step`` (the engine's accumulation,
   clipping and update), logged to TensorBoard and ``history.jsonl``, evaluated every
-  ``run.eval_every`` updates (or each epoch), checkpointed every ``schedule.save_every``;
+  ``eval.every`` updates (or each epoch), checkpointed every ``schedule.save_every``;
 - ``finish``: the consolidated trainable weights ``final/model.safetensors`` and the final
   evaluation (or, when a signal stopped the run, where to continue from);
 - cleanup: the TensorBoard writer is closed whatever happened.
@@ -221,21 +221,14 @@ def total_optimizer_steps(sampler: MixtureSampler | FullPassSampler, cfg: Config
 def evaluate_benchmarks(
     cfg: Config, model: GsvaModel, builder: SampleBuilder, device: torch.device, writer: SummaryWriter | None, step: int, final: bool
 ) -> dict[str, dict[str, Any] | None]:
-    """Score ``run.eval_benchmarks`` (default: ``data.eval_dataset:data.eval_split``) with the
-    teacher-forced protocol, asked in ``run.eval_prompt_style`` and shown in
-    ``run.eval_metric_variant``, on every rank; the final evaluation also writes its reports and
-    overlays under ``<output_dir>/eval`` (named as ``eval.py`` names them)."""
-    specs = cfg.run.eval_benchmarks or [f"{cfg.data.eval_dataset}:{cfg.data.eval_split}"]
-    settings = EvalSettings(
-        prompt_style=cfg.run.eval_prompt_style,
-        metric_variant=cfg.run.eval_metric_variant,
-        batch_size=cfg.run.eval_batch_size,
-        visualize=cfg.run.num_visualizations if final else 0,
-        output_root=str(Path(cfg.run.output_dir) / "eval") if final else None,
-    )
+    """Score ``eval.benchmarks`` as the ``eval:`` section says, on every rank; the final evaluation
+    also writes its reports and overlays under ``<output_dir>/eval`` (named as ``eval.py`` names
+    them). The headline metrics go to TensorBoard at ``step``."""
+    output_root = str(Path(cfg.run.output_dir) / "eval") if final else None
+    settings = EvalSettings(options=cfg.eval, output_root=output_root)
     summaries = {
         benchmark.name: evaluate_benchmark(model, builder, benchmark, cfg.data.dataset_dir, settings, device)
-        for benchmark in map(parse_benchmark, specs)
+        for benchmark in map(parse_benchmark, cfg.eval.benchmarks)
     }
     if writer is not None:
         for name, summary in summaries.items():
@@ -458,7 +451,7 @@ def finish(run: TrainingRun, history: list[dict[str, float]], stopped_by: str | 
         save_pretrained(engine.module, cfg, final_dir)
     barrier()
     result.weights = final_dir / WEIGHTS_NAME
-    if cfg.run.eval_at_end:
+    if cfg.eval.at_end:
         result.evaluations = evaluate_benchmarks(cfg, engine.module, run.builder, run.device, run.writer, engine.global_steps, final=True)
     return result
 
@@ -475,7 +468,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
 
 
 def _evaluation_due(cfg: Config, sampler: MixtureSampler | FullPassSampler, step: int, micro_step: int) -> bool:
-    """``run.eval_every`` optimizer steps, or (epochs mode) ``run.eval_each_epoch`` at each epoch end."""
-    if cfg.run.eval_every and step % cfg.run.eval_every == 0:
+    """``eval.every`` optimizer steps, or (epochs mode) ``eval.each_epoch`` at each epoch end."""
+    if cfg.eval.every and step % cfg.eval.every == 0:
         return True
-    return cfg.run.eval_each_epoch and isinstance(sampler, FullPassSampler) and micro_step % sampler.batches_per_epoch == 0
+    return cfg.eval.each_epoch and isinstance(sampler, FullPassSampler) and micro_step % sampler.batches_per_epoch == 0

@@ -13,8 +13,8 @@ from gsva.data.catalog import BENCHMARK_DATASETS, check_benchmark, dataset_entry
 from gsva.data.sample_builder import SampleBuilder
 from gsva.evaluation.evaluator import BenchmarkEvaluator
 from gsva.evaluation.families import FAMILIES
-from gsva.evaluation.settings import EvalSettings
-from gsva.text.prompts import RELEASE_EVAL_PROMPT
+from gsva.config import EvalConfig
+from gsva.text.prompts import RELEASE_EVAL_PROMPT, resolve_eval_question
 
 
 @dataclass(frozen=True)
@@ -36,24 +36,25 @@ def parse_benchmark(spec: str) -> Benchmark:
     return Benchmark(*check_benchmark(spec))
 
 
-def builder_for_style(builder: SampleBuilder, prompt_style: str) -> SampleBuilder:
-    """``builder`` with the authors' released evaluation prompt when ``prompt_style`` asks for it."""
-    if prompt_style != "gsva_release":
-        return builder
-    return builder.with_prompts(**RELEASE_EVAL_PROMPT)
+def builder_for(builder: SampleBuilder, options: EvalConfig) -> SampleBuilder:
+    """``builder`` asking ``options.question_template``, or the authors' released evaluation
+    prompt when ``options.prompt_style`` is ``gsva_release``."""
+    if options.prompt_style == "gsva_release":
+        return builder.with_prompts(**RELEASE_EVAL_PROMPT)
+    return builder.with_prompts(eval_question=resolve_eval_question(options.question_template))
 
 
-def open_benchmark(benchmark: Benchmark, dataset_root: Path | str, builder: SampleBuilder, settings: EvalSettings) -> Any:
+def open_benchmark(benchmark: Benchmark, dataset_root: Path | str, builder: SampleBuilder, options: EvalConfig) -> Any:
     """The evaluation dataset of ``benchmark``; the prompt options apply to referring benchmarks."""
     return dataset_entry(benchmark.dataset).open_evaluation(
         dataset_root,
         benchmark.split,
-        builder_for_style(builder, settings.prompt_style),
-        question_style="lisa" if settings.prompt_style == "lisa" else "gsva",
-        one_per_prompt=settings.one_expression_per_prompt,
+        builder_for(builder, options),
+        question_style="lisa" if options.prompt_style == "lisa" else "gsva",
+        one_per_prompt=options.one_expression_per_prompt,
     )
 
 
-def benchmark_evaluator(benchmark: Benchmark, dataset: Any, settings: EvalSettings) -> BenchmarkEvaluator:
+def benchmark_evaluator(benchmark: Benchmark, dataset: Any) -> BenchmarkEvaluator:
     """The evaluator of ``benchmark``'s family for ``dataset``."""
-    return FAMILIES[benchmark.family](dataset, settings.metric_variant)
+    return FAMILIES[benchmark.family](dataset)

@@ -32,19 +32,21 @@ class BenchmarkEvaluator:
     """The family name the dataset catalog gives the benchmark's datasets."""
     columns: tuple[str, ...] = ()
     """Metric keys of the headline table."""
+    has_variants: bool = False
+    """Whether the summary holds one metrics table per metric variant (``scores.VARIANTS``)."""
 
-    def __init__(self, dataset: Any, variant: str = "gres") -> None:
+    def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
-        self.variant = variant
-        self._records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []
+        """This rank's records; after ``evaluate``, every rank's records in dataset order."""
 
     # ----------------------------------------------------------------- the evaluator protocol
     def reset(self) -> None:
-        self._records = []
+        self.records = []
 
     def add(self, records: list[dict[str, Any]]) -> None:
         """Records scored before (a resumed evaluation)."""
-        self._records.extend(records)
+        self.records.extend(records)
 
     def process(self, batch: GsvaBatch, predictions: list[SlotPredictions]) -> list[dict[str, Any]]:
         """The records of one batch (one per answer slot, in conversation then slot order)."""
@@ -52,28 +54,21 @@ class BenchmarkEvaluator:
         records = [
             record for conv, prediction in enumerate(predictions) for record in self._conversation_records(batch, conv, prediction)
         ]
-        self._records.extend(records)
+        self.records.extend(records)
         return records
 
-    def evaluate(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """Every rank's records in dataset order (on every rank) and, on rank 0, their summary."""
-        records = sorted(self._records, key=lambda record: record["item"])  # stable: slot order kept
+    def evaluate(self) -> dict[str, Any]:
+        """Gather every rank's records into ``records`` (dataset order, on every rank); return
+        their summary on rank 0, an empty dict on the others."""
+        records = sorted(self.records, key=lambda record: record["item"])  # stable: slot order kept
         for position, record in enumerate(records):
             record["order"] = position  # dataset order within this rank; items are whole on one rank
         records = gather_objects(records)
         records.sort(key=lambda record: (record["item"], record["order"]))
         for record in records:
             del record["order"]
-        return records, (self.summary(records) if is_main() else None)
-
-    def summary(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """What ``scripts/score.py`` recomputes from ``records.jsonl``: the family's metrics and counts."""
-        return {
-            "family": self.family,
-            "num_records": len(records),
-            "parse_failures": int(sum(record.get("parse_failures", 0) for record in records)),
-            **self.summarize(records),
-        }
+        self.records = records
+        return self.summary(records) if is_main() else {}
 
     # ----------------------------------------------------------------- what a family decides
     def begin_batch(self, batch: GsvaBatch) -> None:
@@ -83,33 +78,37 @@ class BenchmarkEvaluator:
         """The family's own fields of one record; ``gt`` is the slot's (H, W) bool ground truth."""
         return {}
 
-    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    @classmethod
+    def summary(cls, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The family's metrics and counts of ``records`` (what ``scripts/score.py`` recomputes
+        from ``records.jsonl``)."""
+        return {
+            "family": cls.family,
+            "num_records": len(records),
+            "parse_failures": int(sum(record.get("parse_failures", 0) for record in records)),
+            **cls.summarize(records),
+        }
+
+    @classmethod
+    def summarize(cls, records: list[dict[str, Any]]) -> dict[str, Any]:
         """``{"metrics": ...}`` and any other summary the family reports."""
         raise NotImplementedError
 
-    def headline(self, summary: dict[str, Any]) -> Metrics:
-        """The metrics row of ``summary`` shown first (and logged to TensorBoard)."""
+    @classmethod
+    def headline(cls, summary: dict[str, Any], variant: str = "gres") -> Metrics:
+        """The metrics row of ``summary`` shown first (and logged to TensorBoard); ``variant``
+        picks among the metric variants of a family that has several (GRES)."""
         return summary["metrics"]
 
-    def table_rows(self, summary: dict[str, Any], protocol: str) -> dict[str, Metrics]:
-        return {f"GSVA ({protocol})": self.headline(summary)}
+    @classmethod
+    def table_rows(cls, summary: dict[str, Any], protocol: str, variant: str = "gres") -> dict[str, Metrics]:
+        """The printed table's rows: the model's headline, and any baselines the family scores."""
+        return {f"GSVA ({protocol})": cls.headline(summary, variant)}
 
-    def heading_note(self) -> str:
-        """Added to the printout's first line (e.g. the metric variant)."""
-        return ""
-
-    def notes(self, summary: dict[str, Any]) -> list[str]:
+    @classmethod
+    def notes(cls, summary: dict[str, Any], variant: str = "gres") -> list[str]:
         """Lines printed under the table."""
         return []
-
-    def format_summary(self, summary: dict[str, Any], protocol: str, title: str) -> str:
-        """The printout: title, table, the family's notes and the parse failures of generation."""
-        heading = f"\n{title}: {summary['num_records']} expressions{self.heading_note()}"
-        lines = [heading, format_metrics_table(self.table_rows(summary, protocol), self.columns)]
-        lines += self.notes(summary)
-        if protocol == "generate":
-            lines.append(f"answers whose slots did not line up with the expressions: {summary['parse_failures']} slot(s)")
-        return "\n".join(lines)
 
     # ----------------------------------------------------------------- records
     def _conversation_records(self, batch: GsvaBatch, conv: int, prediction: SlotPredictions) -> list[dict[str, Any]]:
@@ -140,3 +139,20 @@ def scores_of(records: list[dict[str, Any]], key: str | None = None) -> list[Exp
     names = [field.name for field in dataclasses.fields(ExpressionScore)]
     return [ExpressionScore(**{name: (record[key] if key else record)[name] for name in names}) for record in records]
 
+
+
+def headline_metrics(family: type[BenchmarkEvaluator], summary: dict[str, Any], variant: str) -> Metrics:
+    """The headline columns of ``summary`` that have a value (what training logs)."""
+    return {key: value for key, value in family.headline(summary, variant).items() if key in family.columns and value is not None}
+
+
+def format_report(family: type[BenchmarkEvaluator], summary: dict[str, Any], protocol: str, title: str, variant: str) -> str:
+    """The printout of a summary: title, table, the family's notes and, for generation, the
+    answers' parse failures. ``variant`` is named in the title when the family has variants."""
+    variant_note = f", metric variant {variant!r}" if family.has_variants else ""
+    lines = [f"\n{title}: {summary['num_records']} expressions{variant_note}"]
+    lines.append(format_metrics_table(family.table_rows(summary, protocol, variant), family.columns))
+    lines += family.notes(summary, variant)
+    if protocol == "generate":
+        lines.append(f"answers whose slots did not line up with the expressions: {summary['parse_failures']} slot(s)")
+    return "\n".join(lines)

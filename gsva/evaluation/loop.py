@@ -24,7 +24,7 @@ from gsva.distributed import is_main, rank, world_size
 from gsva.evaluation.evaluator import BenchmarkEvaluator
 from gsva.evaluation.overlays import render_overlay, save_overlay
 from gsva.evaluation.resume import PartialRecords
-from gsva.evaluation.settings import EvalSettings
+from gsva.config import EvalConfig
 from gsva.model.gsva import GsvaModel, SlotPredictions
 
 
@@ -51,7 +51,7 @@ def run_evaluation(
     model: GsvaModel,
     dataset: Any,
     evaluator: BenchmarkEvaluator,
-    settings: EvalSettings,
+    options: EvalConfig,
     device: torch.device,
     tokenizer=None,
     partial: PartialRecords | None = None,
@@ -59,27 +59,27 @@ def run_evaluation(
 ) -> None:
     """Feed every image of ``dataset`` this rank owns (but those ``partial`` holds) through the
     protocol into ``evaluator``; each finished batch is appended to ``partial``. Overlays go to
-    ``overlay_dir`` (rank 0, ``settings.visualize`` in all)."""
+    ``overlay_dir`` (rank 0, ``options.visualize`` in all)."""
     was_training = model.training
     model.eval()
     evaluator.reset()
     done = set()
-    overlays_left = settings.visualize if is_main() and overlay_dir is not None else 0
+    overlays_left = options.visualize if is_main() and overlay_dir is not None else 0
     if partial is not None:
         done = partial.done_items
         evaluator.add(partial.records)
         overlays_left = max(overlays_left - partial.overlays, 0)
     pending = [item for item in range(rank(), len(dataset), world_size()) if item not in done]
-    batches = [pending[start:start + settings.batch_size] for start in range(0, len(pending), settings.batch_size)]
+    batches = [pending[start:start + options.batch_size] for start in range(0, len(pending), options.batch_size)]
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
-        num_workers=settings.num_workers,
+        num_workers=options.num_workers,
         collate_fn=Collator(dataset.builder.pad_token_id, dataset.builder.settings.sam_image_size),
     )
-    for items, batch in zip(batches, tqdm(loader, desc=f"evaluate ({settings.protocol})", disable=not is_main())):
+    for items, batch in zip(batches, tqdm(loader, desc=f"evaluate ({options.protocol})", disable=not is_main())):
         batch = batch.to(device)
-        predictions = model.predict(batch, settings.protocol, settings.max_new_tokens, tokenizer)
+        predictions = model.predict(batch, options.protocol, options.max_new_tokens, tokenizer)
         records = evaluator.process(batch, predictions)
         overlays = _write_overlays(batch, predictions, overlay_dir, overlays_left) if overlays_left else 0
         overlays_left -= overlays

@@ -20,6 +20,7 @@ from gsva.atomic import write_json_atomic, write_jsonl_atomic
 from gsva.data.sample_builder import SampleBuilder
 from gsva.distributed import rank, world_size
 from gsva.evaluation.benchmarks import Benchmark, benchmark_evaluator, open_benchmark
+from gsva.evaluation.evaluator import format_report, headline_metrics
 from gsva.evaluation.loop import run_evaluation
 from gsva.evaluation.resume import PartialRecords, model_layout, remove_partials, weights_identity
 from gsva.evaluation.settings import EvalSettings
@@ -34,10 +35,10 @@ def evaluation_fingerprint(
         "benchmark": benchmark.name,
         "dataset_root": str(Path(dataset_root).resolve()),
         "num_items": len(dataset),
-        "protocol": settings.protocol,
-        "max_new_tokens": settings.max_new_tokens,
-        "prompt_style": settings.prompt_style,
-        "one_expression_per_prompt": settings.one_expression_per_prompt,
+        "protocol": settings.options.protocol,
+        "max_new_tokens": settings.options.max_new_tokens,
+        "prompt_style": settings.options.prompt_style,
+        "one_expression_per_prompt": settings.options.one_expression_per_prompt,
         "prompts": asdict(dataset.builder.prompts),
         "samples": asdict(dataset.builder.settings),
         "weights": weights_identity(settings.weights),
@@ -56,30 +57,32 @@ def evaluate_benchmark(
 ) -> dict[str, Any] | None:
     """Score ``benchmark``; rank 0 prints and writes the report and returns it (others: None).
     The summary's ``headline`` holds the metrics of the benchmark's table, for a caller to log."""
-    dataset = open_benchmark(benchmark, dataset_root, builder, settings)
-    evaluator = benchmark_evaluator(benchmark, dataset, settings)
+    dataset = open_benchmark(benchmark, dataset_root, builder, settings.options)
+    evaluator = benchmark_evaluator(benchmark, dataset)
     output = settings.report_dir(benchmark.dataset, benchmark.split)
     resumable = output is not None and settings.weights is not None
     fingerprint = evaluation_fingerprint(model, dataset, benchmark, dataset_root, settings) if resumable else {}
+    options = settings.options
     with (PartialRecords(output, rank(), fingerprint) if resumable else nullcontext()) as partial:
-        overlay_dir = output / "overlays" if output is not None else None
-        run_evaluation(model, dataset, evaluator, settings, device, builder.tokenizer, partial, overlay_dir)
-    records, summary = evaluator.evaluate()
-    if summary is None:
+        overlay_dir = output / "overlays" if output is not None and options.visualize else None
+        run_evaluation(model, dataset, evaluator, options, device, builder.tokenizer, partial, overlay_dir)
+    summary = evaluator.evaluate()
+    if not summary:
         return None
+    family = type(evaluator)
     summary.update(
         benchmark=benchmark.name,
-        protocol=settings.protocol,
-        prompt_style=settings.prompt_style,
+        protocol=options.protocol,
+        prompt_style=options.prompt_style,
         question=dataset.builder.prompts.eval_question,
-        settings=asdict(settings),
-        headline={key: value for key, value in evaluator.headline(summary).items() if key in evaluator.columns and value is not None},
+        settings=asdict(options),
+        headline=headline_metrics(family, summary, options.metric_variant),
     )
-    print(evaluator.format_summary(summary, settings.protocol, benchmark.name))
+    print(format_report(family, summary, options.protocol, benchmark.name, options.metric_variant))
     if output is not None:
-        write_jsonl_atomic(output / "records.jsonl", records)
+        write_jsonl_atomic(output / "records.jsonl", evaluator.records)
         write_json_atomic(output / "metrics.json", summary)
         remove_partials(output)  # after the report: an interruption before this leaves them to resume from
-        overlays = f" and overlays in {output / 'overlays'}" if settings.visualize else ""
+        overlays = f" and overlays in {overlay_dir}" if overlay_dir is not None else ""
         print(f"wrote {output / 'metrics.json'}, {output / 'records.jsonl'}{overlays}")
     return summary

@@ -15,13 +15,16 @@ A metric whose denominator is 0 is reported as ``None``.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-VARIANTS = ("gres", "gsva")
+from gsva.config import MetricVariant
+
+VARIANTS: tuple[str, ...] = typing.get_args(MetricVariant)
 EXPRESSION_KINDS = ("single", "multi", "no-target")
 
 Metrics = dict[str, float | int | None]

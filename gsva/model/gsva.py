@@ -12,6 +12,7 @@ expanded to its patch features. Three uses share one mask path:
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from gsva.batch import GsvaBatch
-from gsva.config import ModelConfig
+from gsva.config import EvalProtocol, ModelConfig
 from gsva.model.losses import bce_per_mask, dice_per_mask, rejected_row_losses
 from gsva.model.mask_decoding import decode_masks, postprocess_masks
 from gsva.model.mllm import LlavaModel
@@ -32,7 +33,7 @@ from gsva.text.vocabulary import SlotTokenIds
 
 SAM_IMAGES_PER_CHUNK = 4
 
-PROTOCOLS = ("teacher-forced", "generate")
+PROTOCOLS: tuple[str, ...] = typing.get_args(EvalProtocol)
 """How a prediction is made (``GsvaModel.predict``): teacher-forced, the paper's protocol
 (decisions read off the ground-truth answer, masks from a second pass with every ``[REJ]``
 replaced by ``[SEG]``); generate, free greedy decoding."""

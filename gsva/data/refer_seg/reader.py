@@ -1,6 +1,7 @@
 """Reader for the referring-segmentation datasets, in the LISA/GSVA on-disk layout.
 
-One class, :class:`ReferIndex`, reads every dataset of :data:`REFER_FORMATS`::
+One class, :class:`ReferIndex`, reads every dataset the registry (:mod:`gsva.data.registry`)
+stores as a :class:`~gsva.data.registry.ReferFormat`::
 
     <root>/refer_seg/refcoco/refs(unc).p   + instances.json   images/mscoco/images/train2014
     <root>/refer_seg/refcoco+/refs(unc).p  + instances.json   images/mscoco/images/train2014
@@ -53,6 +54,7 @@ import numpy as np
 from gsva.data.doctor import OpenedDataset, check_image
 from gsva.data.bad_samples import BadSampleError
 from gsva.data.masks import decode_segmentation, union_of_masks
+from gsva.data.registry import ReferFormat, stored_format
 from gsva.data.safe_pickle import load_pickle
 
 NO_TARGET_ANN_ID = -1
@@ -64,34 +66,14 @@ def _load_json(path: Path) -> Any:
         return json.load(handle)
 
 
-@dataclass(frozen=True)
-class ReferFormat:
-    """How one referring dataset is stored under ``<root>/refer_seg``."""
-
-    refs_file: str  # name of the refs file; "{split_by}" stands for the split scheme
-    default_split_by: str | None  # None: a single refs file, no split scheme
-    load_refs: Callable[[Path], Any]
-    images_folder: str  # relative to <root>/refer_seg/images
-    one_target_per_ref: bool
-
-
-_COCO_TRAIN2014 = "mscoco/images/train2014"
-
-REFER_FORMATS: dict[str, ReferFormat] = {
-    "refcoco": ReferFormat("refs({split_by}).p", "unc", load_pickle, _COCO_TRAIN2014, True),
-    "refcoco+": ReferFormat("refs({split_by}).p", "unc", load_pickle, _COCO_TRAIN2014, True),
-    "refcocog": ReferFormat("refs({split_by}).p", "umd", load_pickle, _COCO_TRAIN2014, True),
-    "refclef": ReferFormat("refs({split_by}).p", "unc", load_pickle, "saiapr_tc-12", True),
-    "grefcoco": ReferFormat("grefs({split_by}).json", "unc", _load_json, _COCO_TRAIN2014, False),
-    "refzom": ReferFormat("Ref_ZOM.p", None, load_pickle, _COCO_TRAIN2014, False),
-}
+_REFS_LOADERS: dict[str, Callable[[Path], Any]] = {"pickle": load_pickle, "json": _load_json}
+"""How a refs file of each ``ReferFormat.refs_encoding`` is loaded."""
 
 
 def refer_format(dataset: str) -> ReferFormat:
-    """The registry entry of ``dataset``; ``ValueError`` listing the known names otherwise."""
-    if dataset not in REFER_FORMATS:
-        raise ValueError(f"unknown referring dataset {dataset!r}; known datasets: {', '.join(REFER_FORMATS)}")
-    return REFER_FORMATS[dataset]
+    """How ``dataset`` is stored (its registry entry's format); ``ValueError`` listing the referring
+    datasets otherwise."""
+    return stored_format(dataset, ReferFormat)
 
 
 def resolve_split_by(dataset: str, split_by: str | None) -> str | None:
@@ -169,7 +151,7 @@ def parse_ann_ids(value: Any, where: str) -> tuple[int, ...]:
 
 
 class ReferIndex:
-    """In-memory index over one referring dataset of :data:`REFER_FORMATS` (files loaded once).
+    """In-memory index over one referring dataset of the registry (files loaded once).
 
     ``split_by`` picks the refs file of datasets with several split schemes
     (``None``: the dataset's default, e.g. ``"umd"`` for RefCOCOg).
@@ -186,7 +168,7 @@ class ReferIndex:
         if missing:
             raise FileNotFoundError(f"{dataset} annotation files not found, expected: {', '.join(missing)}")
 
-        refs = self.format.load_refs(self.refs_file)
+        refs = _REFS_LOADERS[self.format.refs_encoding](self.refs_file)
         instances = _load_json(self.instances_file)
         if not isinstance(refs, list):
             raise ValueError(f"{self.refs_file}: expected a list of refs, got {type(refs).__name__}")

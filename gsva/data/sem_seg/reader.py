@@ -8,6 +8,9 @@ Layout under a dataset root::
     vlpart/paco/annotations/paco_lvis_v1_train.json (images under coco/, e.g. "train2017/....jpg")
     vlpart/pascal_part/train.json                   (images under vlpart/pascal_part/VOCdevkit/VOC2010/JPEGImages/)
 
+Each dataset's entry in the registry (``gsva.data.registry``) names its layout and its splits;
+``LAYOUT_OPENERS`` opens a dataset stored in each layout.
+
 A source lists images and reads, per image, the classes present and one bool ``(H, W)`` mask per
 class: a class is all of its pixels in the image (a semantic target, not an instance).
 
@@ -68,6 +71,7 @@ from gsva.data.doctor import OpenedDataset, check_image
 from gsva.data.bad_samples import BadSampleError
 from gsva.data.sem_seg.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNUSED_IDS
 from gsva.data.masks import decode_segmentation, union_of_masks
+from gsva.data.registry import SemSegFormat, stored_format
 
 ClassName = str | tuple[str, str]
 """A plain class name, or ``(object, part)`` for the part datasets."""
@@ -425,13 +429,13 @@ class CocoJsonSource:
 
 
 # ---------------------------------------------------------------------------------------------
-# The datasets
+# The folder layouts of the datasets
 
 
-def _open_ade20k(root: Path, split: str, options: LabelOptions) -> SemSegSource:
+def _open_ade20k_scene_parsing(name: str, root: Path, split: str, options: LabelOptions) -> SemSegSource:
     folder = {"train": "training", "val": "validation"}[split]
     return LabelMapSource.from_folders(
-        "ade20k",
+        name,
         ADE20K_CLASSES,
         LabelCoding(offset=1, void_values=frozenset({0})),
         label_dir=root / "ade20k" / "annotations" / folder,
@@ -439,10 +443,10 @@ def _open_ade20k(root: Path, split: str, options: LabelOptions) -> SemSegSource:
     )
 
 
-def _open_cocostuff(root: Path, split: str, options: LabelOptions) -> SemSegSource:
-    ignored = frozenset(index for index, name in enumerate(COCO_STUFF_CLASSES) if "-" in name)
+def _open_cocostuff_label_maps(name: str, root: Path, split: str, options: LabelOptions) -> SemSegSource:
+    ignored = frozenset(index for index, class_name in enumerate(COCO_STUFF_CLASSES) if "-" in class_name)
     return LabelMapSource.from_folders(
-        "cocostuff",
+        name,
         COCO_STUFF_CLASSES,
         LabelCoding(offset=0, void_values=frozenset({255})),
         label_dir=root / "cocostuff" / "train2017",
@@ -451,7 +455,7 @@ def _open_cocostuff(root: Path, split: str, options: LabelOptions) -> SemSegSour
     )
 
 
-def _open_mapillary(root: Path, split: str, options: LabelOptions) -> SemSegSource:
+def _open_mapillary_vistas_v2(name: str, root: Path, split: str, options: LabelOptions) -> SemSegSource:
     config_path = root / "mapillary" / "config_v2.0.json"
     config = _load_json(config_path, "mapillary config")
     labels = config.get("labels") if isinstance(config, dict) else None
@@ -459,10 +463,10 @@ def _open_mapillary(root: Path, split: str, options: LabelOptions) -> SemSegSour
         raise ValueError(f"{config_path}: expected 'labels', a list of objects with a 'readable' name")
     class_names = [str(label["readable"]).lower() for label in labels]
     ignored = frozenset() if options.mapillary_unlabeled_is_class else frozenset(
-        index for index, name in enumerate(class_names) if name == "unlabeled"
+        index for index, class_name in enumerate(class_names) if class_name == "unlabeled"
     )
     return LabelMapSource.from_folders(
-        "mapillary",
+        name,
         class_names,
         LabelCoding(offset=0, void_values=frozenset()),
         label_dir=root / "mapillary" / "training" / "v2.0" / "labels",
@@ -471,39 +475,38 @@ def _open_mapillary(root: Path, split: str, options: LabelOptions) -> SemSegSour
     )
 
 
-def _open_paco_lvis(root: Path, split: str, options: LabelOptions) -> SemSegSource:
+def _open_paco_lvis_json(name: str, root: Path, split: str, options: LabelOptions) -> SemSegSource:
     json_path = root / "vlpart" / "paco" / "annotations" / "paco_lvis_v1_train.json"
-    return CocoJsonSource("paco_lvis", json_path, image_root=root / "coco")
+    return CocoJsonSource(name, json_path, image_root=root / "coco")
 
 
-def _open_pascal_part(root: Path, split: str, options: LabelOptions) -> SemSegSource:
+def _open_pascal_part_json(name: str, root: Path, split: str, options: LabelOptions) -> SemSegSource:
     pascal_part = root / "vlpart" / "pascal_part"
     image_root = pascal_part / "VOCdevkit" / "VOC2010" / "JPEGImages"
-    return CocoJsonSource("pascal_part", pascal_part / "train.json", image_root)
+    return CocoJsonSource(name, pascal_part / "train.json", image_root)
 
 
-_OPENERS: dict[str, tuple[Callable[[Path, str, LabelOptions], SemSegSource], tuple[str, ...]]] = {
-    "ade20k": (_open_ade20k, ("train", "val")),
-    "cocostuff": (_open_cocostuff, ("train",)),
-    "mapillary": (_open_mapillary, ("train",)),
-    "paco_lvis": (_open_paco_lvis, ("train",)),
-    "pascal_part": (_open_pascal_part, ("train",)),
+LAYOUT_OPENERS: dict[str, Callable[[str, Path, str, LabelOptions], SemSegSource]] = {
+    "ade20k_scene_parsing": _open_ade20k_scene_parsing,
+    "cocostuff_label_maps": _open_cocostuff_label_maps,
+    "mapillary_vistas_v2": _open_mapillary_vistas_v2,
+    "paco_lvis_json": _open_paco_lvis_json,
+    "pascal_part_json": _open_pascal_part_json,
 }
-
-SEMSEG_DATASETS: tuple[str, ...] = tuple(_OPENERS)
+"""Folder layout (``SemSegFormat.layout``) -> the opener of a dataset stored in it, given the
+dataset's name, root, split and label options."""
 
 
 def open_semseg_source(
     name: str, dataset_root: Path | str, split: str = "train", options: LabelOptions = LabelOptions()
 ) -> SemSegSource:
-    """Open one dataset of ``SEMSEG_DATASETS`` under ``dataset_root``, its labels read as
-    ``options`` choose; ADE20K has splits "train" and "val", the others "train" only."""
-    if name not in _OPENERS:
-        raise ValueError(f"unknown semantic segmentation dataset {name!r}; expected one of {SEMSEG_DATASETS}")
-    opener, splits = _OPENERS[name]
-    if split not in splits:
-        raise ValueError(f"{name}: no split {split!r}; available: {', '.join(splits)}")
-    return opener(Path(dataset_root), split, options)
+    """Open semantic segmentation dataset ``name`` of the registry (``gsva.data.registry``) under
+    ``dataset_root``, its labels read as ``options`` choose; its registry entry lists its splits
+    (ADE20K: "train" and "val", the others "train" only)."""
+    stored = stored_format(name, SemSegFormat)
+    if split not in stored.splits:
+        raise ValueError(f"{name}: no split {split!r}; available: {', '.join(stored.splits)}")
+    return LAYOUT_OPENERS[stored.layout](name, Path(dataset_root), split, options)
 
 
 def check_sem_seg(name: str, root: Path) -> OpenedDataset:

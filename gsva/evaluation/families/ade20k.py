@@ -46,5 +46,6 @@ class Ade20kEvaluator(BenchmarkEvaluator):
     def slot_fields(self, batch: GsvaBatch, conv: int, slot: int, gt: np.ndarray) -> dict[str, Any]:
         return {"class_id": batch.metadata[conv]["class_ids"][slot]}
 
-    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    @classmethod
+    def summarize(cls, records: list[dict[str, Any]]) -> dict[str, Any]:
         return {"metrics": class_miou([record["class_id"] for record in records], scores_of(records))}

@@ -106,6 +106,7 @@ def gres_metrics(scores: Sequence[ExpressionScore], variant: str = "gres") -> Me
 class GresEvaluator(BenchmarkEvaluator):
     family = "gres"
     columns = ("giou", "ciou", "n_acc", "t_acc", "pr@0.7", "pr@0.8", "pr@0.9")
+    has_variants = True
 
     def begin_batch(self, batch: GsvaBatch) -> None:
         """The union of all objects of each image of the batch, decoded once (the always-[SEG]
@@ -120,26 +121,28 @@ class GresEvaluator(BenchmarkEvaluator):
             "always_seg_union": dataclasses.asdict(score_expression(objects, gt, False, kind)),
         }
 
-    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    @classmethod
+    def summarize(cls, records: list[dict[str, Any]]) -> dict[str, Any]:
         scores = scores_of(records)
         return {
             "metrics": {variant: gres_metrics(scores, variant) for variant in VARIANTS},
             "baselines": {name: gres_metrics(scores_of(records, name)) for name in BASELINES if records and name in records[0]},
         }
 
-    def headline(self, summary: dict[str, Any]) -> Metrics:
-        return summary["metrics"][self.variant]
+    @classmethod
+    def headline(cls, summary: dict[str, Any], variant: str = "gres") -> Metrics:
+        check_variant(variant)
+        return summary["metrics"][variant]
 
-    def table_rows(self, summary: dict[str, Any], protocol: str) -> dict[str, Metrics]:
-        rows = super().table_rows(summary, protocol)
+    @classmethod
+    def table_rows(cls, summary: dict[str, Any], protocol: str, variant: str = "gres") -> dict[str, Metrics]:
+        rows = super().table_rows(summary, protocol, variant)
         rows.update({BASELINES[name]: metrics for name, metrics in summary.get("baselines", {}).items()})
         return rows
 
-    def heading_note(self) -> str:
-        return f", metric variant {self.variant!r}"
-
-    def notes(self, summary: dict[str, Any]) -> list[str]:
-        metrics = self.headline(summary)
+    @classmethod
+    def notes(cls, summary: dict[str, Any], variant: str = "gres") -> list[str]:
+        metrics = cls.headline(summary, variant)
         return ["by kind: " + ", ".join(
             f"{kind} gIoU {100 * (metrics[f'{kind}/giou'] or 0):.2f} ({metrics[f'{kind}/count']})" for kind in EXPRESSION_KINDS
         )]

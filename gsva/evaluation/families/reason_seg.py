@@ -35,5 +35,6 @@ class ReasonSegEvaluator(BenchmarkEvaluator):
     family = "reason_seg"
     columns = ("giou", "ciou")
 
-    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    @classmethod
+    def summarize(cls, records: list[dict[str, Any]]) -> dict[str, Any]:
         return {"metrics": reason_seg_metrics(scores_of(records))}

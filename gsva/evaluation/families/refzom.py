@@ -36,5 +36,6 @@ class RefZomEvaluator(BenchmarkEvaluator):
     family = "refzom"
     columns = ("oiou", "miou", "acc")
 
-    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    @classmethod
+    def summarize(cls, records: list[dict[str, Any]]) -> dict[str, Any]:
         return {"metrics": refzom_metrics(scores_of(records))}

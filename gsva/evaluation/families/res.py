@@ -49,5 +49,6 @@ class ResEvaluator(BenchmarkEvaluator):
     family = "res"
     columns = ("giou", "ciou", "rec_acc@0.5", "pr@0.5", "pr@0.7", "pr@0.9")
 
-    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    @classmethod
+    def summarize(cls, records: list[dict[str, Any]]) -> dict[str, Any]:
         return {"metrics": res_metrics(scores_of(records), [record["box_iou"] for record in records])}
