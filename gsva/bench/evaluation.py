@@ -1,23 +1,28 @@
 """Measure evaluation throughput (images/s) and peak memory of the GSVA model.
 
 Both inference protocols are timed at batch sizes 1, 4 and 16 (images per batch; one
-conversation per image naming all of its expressions, as the evaluator builds it):
+conversation per image naming all of its expressions, as the evaluator builds it). Every model
+call is ``GsvaModel.predict(batch, protocol, max_new_tokens, tokenizer)`` (``gsva.model.gsva``),
+the dispatch that evaluation, inference and the benchmarks share:
 
-- ``teacher-forced``: ``GsvaModel.predict_teacher_forced`` (the paper's gRefCOCO protocol);
-- ``generate``: ``GsvaModel.generate`` (free greedy decoding with KV cache).
+- ``teacher-forced``: the paper's gRefCOCO protocol (``GsvaModel.predict_teacher_forced``);
+- ``generate``: free greedy decoding with KV cache (``GsvaModel.generate``).
 
-The model is assembled by ``build_gsva`` from a config, with random weights, at the dimensions of
-the authors' tiny CPU reference (``--shape tiny``, fp32: LLaMA 256x4, 4 heads, vocabulary 32000 +
-[SEG] [REJ] <im_start> <im_end>; CLIP 128x2 at 224 px, patch 14; SAM ViT 128x2 at 1024 px with
-the standard prompt encoder and mask decoder; LoRA r=8 on q/v). ``--shape 7b`` / ``13b`` (bf16, CUDA only)
-build LLaMA-7B / -13B + CLIP ViT-L/14 + SAM ViT-H instead, and ``--shape mid`` the 7B widths with 2
-layers and the tiny SAM encoder (runs on a CPU).
+The model is assembled by ``build_gsva`` (``gsva.model.build``) from the config of
+``gsva.bench.shapes``, with random weights, at the dimensions of the authors' tiny CPU reference
+(``--shape tiny``, fp32: LLaMA 256x4, 4 heads, vocabulary 32000 + [SEG] [REJ] <im_start> <im_end>;
+CLIP 128x2 at 224 px, patch 14; SAM ViT 128x2 at 1024 px with the standard prompt encoder and mask
+decoder; LoRA r=8 on q/v). ``--shape 7b`` / ``13b`` (bf16, CUDA only) build LLaMA-7B / -13B + CLIP
+ViT-L/14 + SAM ViT-H instead, and ``--shape mid`` the 7B widths with 2 layers and the tiny SAM
+encoder (runs on a CPU).
 
 Evaluation samples are COCO-sized (640x480) images with 11 or 12 expressions each (mean 11.5,
-about 30 % absent: answered [REJ]), built by ``SampleBuilder.evaluation`` (one conversation per
-image, the fixed evaluation question naming every expression, as ``ReferSegDataset`` does for
-gRefCOCO) and collated by ``Collator``, as in ``gsva.engine.evaluator``. The tokenizer is a BPE of
-exactly 32000 entries trained locally (LLaMA's size; no download).
+about 30 % absent: answered [REJ]) from ``gsva.bench.workload``, built by
+``SampleBuilder.evaluation`` (``gsva.data.sample_builder``: one conversation per image, the fixed
+evaluation question naming every expression, as ``ReferSegDataset`` of
+``gsva.data.refer_seg.dataset`` does for gRefCOCO) and collated by ``Collator``
+(``gsva.data.samples``), as ``run_evaluation`` of ``gsva.evaluation.loop`` does. The tokenizer is a
+BPE of exactly 32000 entries trained locally (LLaMA's size; no download).
 
 Each (protocol, batch size) runs in a fresh subprocess so that its peak RSS (and, on CUDA, its
 peak allocated memory) is its own: a warm-up call (the first image on the CPU, the first batch on
@@ -25,6 +30,15 @@ CUDA), then at least two batches timed. The model call is timed apart from build
 collating the samples. Batched predictions are compared with batch-1 predictions of the same
 images. One JSON object is printed on stdout (progress goes to stderr). Timings on a machine
 that other processes keep busy are slower and noisier: the load average is reported beside them.
+
+Generated answers (``generate``) are described from what ``predict`` returns and from a forward
+hook, no method of the model replaced: ``decoder_steps_per_batch`` counts the language model's
+forward calls per batch (one per token generated for the longest answer of the batch, ``</s>``
+included; at batch 1, exactly the tokens generated); ``mean_generated_text_tokens_per_conversation``
+re-encodes each decoded answer (``SlotPredictions.text``: the tokens generated before ``</s>``)
+with the tokenizer, without special tokens added (``</s>`` is not in the text, so not counted).
+That count equals the tokens generated before ``</s>`` only when decoding and re-encoding
+round-trip; the arbitrary token strings that random weights generate usually re-encode to more.
 
 The authors' evaluation (``--official-dir`` with ``--official-harness``, tiny shape on the CPU):
 their harness times their ``eval_gres`` path (teacher-forced with re-evaluation, batch 1) on the
@@ -48,25 +62,46 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
-from gsva.data.samples import Collator, ImageSample
-from gsva.text.prompts import EVAL_QUESTIONS
+from gsva.batch import GsvaBatch
 from gsva.bench.authors import AuthorsHarness, add_arguments, ratio
 from gsva.bench.shapes import CPU_SHAPES, SHAPES, build_reference_model
 from gsva.bench.workload import IMAGE_HEIGHT, IMAGE_WIDTH, log, make_image, peak_rss_mib, prepare_tokenizer, rss_mib
-from gsva.model.gsva import PROTOCOLS, SlotPredictions
+from gsva.config import Config
+from gsva.data.sample_builder import EvalQuery, SampleBuilder, SampleSettings, SlotTarget
+from gsva.data.samples import Collator, ImageSample
+from gsva.model.gsva import PROTOCOLS, GsvaModel, SlotPredictions
+from gsva.text.prompts import EVAL_QUESTIONS, PromptSettings
 from gsva.text.special_tokens import IGNORE_INDEX, REJ_TOKEN, SEG_TOKEN
 
+TIMING_NOTE = (
+    "images_per_s counts the model call only (batch already collated); images_per_s_with_data adds "
+    "building + collating the samples in the same process; stage_s_per_image splits the model call "
+    "('other': lm_head, splicing, mask post-processing, generation bookkeeping). With random weights "
+    "generation emits no [SEG] (see generated_seg_per_conversation), so the generate timings carry no "
+    "mask decoding: add the teacher-forced mask_decoder time for a trained model"
+)
+GENERATION_NOTE = (
+    "decoder_steps_per_batch: forward calls of the language model per timed batch, one per token "
+    "generated for the longest answer of the batch, </s> included (at batch 1: exactly the tokens "
+    "generated). mean_generated_text_tokens_per_conversation: the decoded answer (SlotPredictions.text, "
+    "the tokens generated before </s>) re-encoded by the tokenizer without special tokens added, </s> "
+    "not counted; it equals the tokens generated before </s> only when decoding and re-encoding "
+    "round-trip, which the arbitrary token strings of random weights do not"
+)
 
 
 # ----------------------------------------------------------------- command line
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (every flag explained in its help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the model runs (default cpu); cuda needs a visible GPU")
@@ -103,6 +138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dump", type=Path, default=None,
                         help="internal (with --one): write the predictions there for the comparison")
     add_arguments(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, with the device-dependent defaults filled in; a parser error for bad values."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.authors = AuthorsHarness.from_args(args, parser)
     if args.authors is not None and (args.shape != "tiny" or args.device != "cpu"):
@@ -128,22 +169,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------- evaluation data
 def evaluation_image(index: int, seed: int, absent_fraction: float) -> tuple[np.ndarray, list[SlotTarget]]:
-    """Image ``index`` of the bench: 11 or 12 targets (alternating: mean 11.5),
-    ``round(absent_fraction * n)`` of them absent (empty masks)."""
+    """Image ``index`` of the bench, (480, 640, 3) uint8: 11 or 12 targets (alternating: mean
+    11.5), ``round(absent_fraction * n)`` of them absent (empty masks)."""
     count = 11 + index % 2
     absent = set(random.Random(f"{seed}/{index}/absent").sample(range(count), round(absent_fraction * count)))
     return make_image((index,), seed, [slot not in absent for slot in range(count)])
 
 
-# ----------------------------------------------------------------- model
-def build_bench_model(shape: str, tokenizer_dir: Path, precision: str, seed: int, device: str = "cpu"):
+def evaluation_sample(builder: SampleBuilder, image: np.ndarray, targets: list[SlotTarget], metadata: dict) -> ImageSample:
+    """The evaluator's sample of one image: one conversation naming every expression."""
+    return builder.evaluation(image, [EvalQuery(targets, builder.prompts.eval_question, metadata)])
+
+
+def evaluation_batches(
+    builder: SampleBuilder, collate: Collator, seed: int, absent_fraction: float, batch_size: int, images: int
+) -> Iterator[tuple[GsvaBatch, float]]:
+    """Yield (collated batch, seconds spent building it) over images 0 .. ``images`` - 1."""
+    for first in range(0, images, batch_size):
+        start = time.perf_counter()
+        samples: list[ImageSample] = []
+        for index in range(first, min(first + batch_size, images)):
+            image, targets = evaluation_image(index, seed, absent_fraction)
+            samples.append(evaluation_sample(builder, image, targets, {"image_id": index}))
+        yield collate(samples), time.perf_counter() - start
+
+
+def answer_tokens(batch: GsvaBatch) -> list[int]:
+    """Supervised (answer) tokens of each conversation of ``batch``: labels (N, L) not ignored, </s> included."""
+    return (batch.labels != IGNORE_INDEX).sum(1).tolist()
+
+
+def default_max_new_tokens(builder: SampleBuilder, collate: Collator, seed: int, absent_fraction: float, images: int) -> int:
+    """The generation budget: twice the longest ground-truth answer of images 0 .. ``images`` - 1
+    (tokens, </s> included)."""
+    longest = 0
+    for index in range(images):
+        image, targets = evaluation_image(index, seed, absent_fraction)
+        longest = max(longest, *answer_tokens(collate([evaluation_sample(builder, image, targets, {})])))
+    return 2 * longest
+
+
+# ----------------------------------------------------------------- model and its probes
+def build_bench_model(
+    shape: str, tokenizer_dir: Path, precision: str, seed: int, device: str = "cpu"
+) -> tuple[PreTrainedTokenizerBase, GsvaModel, PromptSettings, Config]:
     """(tokenizer, GsvaModel in eval mode on ``device``, prompt settings, config)."""
     tokenizer, model, prompts, cfg = build_reference_model(shape, tokenizer_dir, precision, seed, device)
     return tokenizer, model.eval(), prompts, cfg
 
 
-# ----------------------------------------------------------------- one configuration (child process)
 def _sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -169,182 +245,283 @@ class StageTimer:
         self.seconds[name] += time.perf_counter() - self._started.pop(id(module))
 
     def reset(self) -> None:
+        """Every stage back to zero seconds."""
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
-def _batches(builder: SampleBuilder, collate: Collator, args: argparse.Namespace, batch_size: int, images: int):
-    """Yield (collated batch, seconds spent building it) over images 0 .. ``images`` - 1."""
-    for first in range(0, images, batch_size):
-        start = time.perf_counter()
-        samples: list[ImageSample] = []
-        for index in range(first, min(first + batch_size, images)):
-            image, targets = evaluation_image(index, args.seed, args.absent_fraction)
-            samples.append(evaluation_sample(builder, image, targets, {"image_id": index}))
-        batch = collate(samples)
-        yield batch, time.perf_counter() - start
+def stage_modules(model: GsvaModel) -> dict[str, list[torch.nn.Module]]:
+    """The timed stages of a model call and the modules each one spans."""
+    decoder = model.visual_model.mask_decoder
+    return {
+        "sam_image_encoder": [model.visual_model.image_encoder],
+        "clip_vision_tower": [model.mllm.vision_tower],
+        "llm_decoder_layers": [model.mllm.language_model.get_decoder()],
+        "mask_decoder": [decoder.transformer, decoder.output_upscaling, decoder.output_hypernetworks_mlps[0]],
+    }
 
 
-def evaluation_sample(builder: SampleBuilder, image: np.ndarray, targets: list[SlotTarget], metadata: dict) -> ImageSample:
-    """The evaluator's sample of one image: one conversation naming every expression."""
-    return builder.evaluation(image, [EvalQuery(targets, builder.prompts.eval_question, metadata)])
+class ForwardCounter:
+    """Forward calls of a module (a forward hook) since the last ``reset``."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.calls = 0
+        module.register_forward_hook(self._count)
+
+    def _count(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        self.calls += 1
+
+    def reset(self) -> None:
+        """Back to zero calls."""
+        self.calls = 0
 
 
-def _answer_tokens(batch) -> list[int]:
-    return (batch.labels != IGNORE_INDEX).sum(1).tolist()
+# ----------------------------------------------------------------- one configuration (child process)
+@dataclass(frozen=True)
+class Workload:
+    """What one configuration predicts: the protocol, images per batch, the generation budget and
+    the seed and absent share of the images."""
+
+    protocol: str
+    batch_size: int
+    max_new_tokens: int
+    seed: int
+    absent_fraction: float
 
 
-def _available_memory_gb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 2**20
-    return 0.0
+@dataclass
+class BenchModel:
+    """What a measuring process builds once: the model with its probes (stage timer, decoder call
+    counter), its sample pipeline and the build's cost."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: GsvaModel
+    cfg: Config
+    builder: SampleBuilder
+    collate: Collator
+    device: str
+    stages: StageTimer
+    decoder_calls: ForwardCounter
+    build_s: float
+    rss_after_build_mib: float
+    peak_rss_during_build_mib: float
+
+    def batches(self, workload: Workload, batch_size: int, images: int) -> Iterator[tuple[GsvaBatch, float]]:
+        """``evaluation_batches`` of the workload's images 0 .. ``images`` - 1."""
+        return evaluation_batches(self.builder, self.collate, workload.seed, workload.absent_fraction, batch_size, images)
+
+
+@dataclass
+class TimedBatches:
+    """What the timed batches measured: one entry per batch (``*_s``, ``decoder_steps``) or per
+    conversation (the rest)."""
+
+    model_s: list[float] = field(default_factory=list)
+    """Seconds of the model call (copy to the device included)."""
+    data_s: list[float] = field(default_factory=list)
+    """Seconds spent building and collating the batch."""
+    decoder_steps: list[int] = field(default_factory=list)
+    """Forward calls of the language model during the call."""
+    conversation_tokens: list[int] = field(default_factory=list)
+    """Tokens of the conversation (question and answer, image placeholder not expanded)."""
+    answer_tokens: list[int] = field(default_factory=list)
+    """Tokens of the ground-truth answer, </s> included."""
+    expressions: list[int] = field(default_factory=list)
+    predictions: list[SlotPredictions] = field(default_factory=list)
+
+
+def limit_address_space(gigabytes: float) -> None:
+    """Cap this process's address space, so that running out of memory raises instead of waking the OOM killer."""
+    limit = int(gigabytes * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def set_up(args: argparse.Namespace) -> BenchModel:
+    """The shape's model (random weights, eval mode) with its probes, and the evaluator's sample
+    builder and collator."""
+    start = time.perf_counter()
+    tokenizer, model, prompts, cfg = build_bench_model(
+        args.shape, args.work_dir / "tokenizer", args.precision, args.seed, args.device
+    )
+    build_s = time.perf_counter() - start
+    return BenchModel(
+        tokenizer=tokenizer, model=model, cfg=cfg,
+        builder=SampleBuilder(tokenizer, prompts, SampleSettings(sam_image_size=1024, clip_image_size=224, max_tokens=1024)),
+        collate=Collator(tokenizer.pad_token_id, cfg.data.sam_image_size), device=args.device,
+        stages=StageTimer(stage_modules(model), args.device), decoder_calls=ForwardCounter(model.mllm.language_model),
+        build_s=build_s, rss_after_build_mib=rss_mib(), peak_rss_during_build_mib=peak_rss_mib(),
+    )
+
+
+def predict_synced(bench: BenchModel, batch: GsvaBatch, workload: Workload) -> list[SlotPredictions]:
+    """``model.predict`` on ``batch`` moved to the device, returning once the device is done."""
+    predictions = bench.model.predict(batch.to(bench.device), workload.protocol, workload.max_new_tokens, bench.tokenizer)
+    _sync(bench.device)
+    return predictions
+
+
+def warm_up(bench: BenchModel, workload: Workload) -> int:
+    """One untimed call (thread pool, lazy initialisations; on CUDA also the caching allocator and
+    kernel choices): the first batch on CUDA, its first image alone on the CPU, where nothing is
+    cached by shape and a warm-up of 16 images would cost as much as the timed run. The stage
+    timer restarts from zero after it. Returns its images."""
+    images = workload.batch_size if bench.device == "cuda" else 1
+    batch, _ = next(bench.batches(workload, images, images))
+    predict_synced(bench, batch, workload)
+    bench.stages.reset()
+    return images
+
+
+def time_batches(bench: BenchModel, workload: Workload, images: int) -> TimedBatches:
+    """Build and predict images 0 .. ``images`` - 1 in batches of ``workload.batch_size``, timing the two apart."""
+    timed = TimedBatches()
+    for batch, seconds in bench.batches(workload, workload.batch_size, images):
+        timed.data_s.append(seconds)
+        timed.conversation_tokens += batch.attention_mask.sum(1).tolist()
+        timed.answer_tokens += answer_tokens(batch)
+        timed.expressions += [int(exists.numel()) for exists in batch.slot_exists]
+        bench.decoder_calls.reset()
+        begin = time.perf_counter()
+        timed.predictions += predict_synced(bench, batch, workload)
+        timed.model_s.append(time.perf_counter() - begin)
+        timed.decoder_steps.append(bench.decoder_calls.calls)
+    return timed
+
+
+def mean(values: list[float], digits: int) -> float:
+    """The mean of ``values``, rounded to ``digits``."""
+    return round(sum(values) / len(values), digits)
+
+
+def stage_seconds_per_image(stage_seconds: dict[str, float], model_seconds: float, images: int) -> dict[str, float]:
+    """Seconds per image in each stage, and ``other``: the rest of the model call."""
+    return {
+        **{name: round(seconds / images, 3) for name, seconds in stage_seconds.items()},
+        "other": round((model_seconds - sum(stage_seconds.values())) / images, 3),
+    }
+
+
+def describe_model(bench: BenchModel, shape: str) -> dict[str, Any]:
+    """The measured model: shape, parameter count, vocabulary, dims, SAM and LoRA settings."""
+    cfg = bench.cfg
+    return {
+        "shape": shape,
+        "parameters": sum(p.numel() for p in bench.model.parameters()),
+        "embedding_rows": bench.model.mllm.language_model.get_input_embeddings().weight.shape[0],
+        "tokenizer_entries": len(bench.tokenizer),
+        "dims": dataclasses.asdict(cfg.model.tiny),
+        "sam": cfg.model.sam_type,
+        "finetune": cfg.model.finetune,
+        "lora": {"r": cfg.model.lora_r, "alpha": cfg.model.lora_alpha, "targets": cfg.model.lora_target_modules},
+    }
+
+
+def throughput_fields(timed: TimedBatches, stage_seconds: dict[str, float], images: int) -> dict[str, Any]:
+    """Images/s and seconds per image of the model call, per stage and with the data path added."""
+    total_model, total_data = sum(timed.model_s), sum(timed.data_s)
+    return {
+        "images_timed": images,
+        "batches_timed": len(timed.model_s),
+        "images_per_s": round(images / total_model, 3),
+        "s_per_image": round(total_model / images, 3),
+        "batch_s": [round(value, 2) for value in timed.model_s],
+        "stage_s_per_image": stage_seconds_per_image(stage_seconds, total_model, images),
+        "data_s_per_image": round(total_data / images, 3),
+        "images_per_s_with_data": round(images / (total_model + total_data), 3),
+    }
+
+
+def workload_fields(timed: TimedBatches, cfg: Config) -> dict[str, Any]:
+    """What the timed conversations held: expressions, tokens (answer included), answer tokens, image tokens."""
+    return {
+        "mean_expressions_per_image": mean(timed.expressions, 2),
+        "mean_tokens_per_conversation": mean(timed.conversation_tokens, 1),
+        "mean_answer_tokens": mean(timed.answer_tokens, 1),
+        "image_tokens": (cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size) ** 2,
+    }
+
+
+def generated_text_tokens(predictions: list[SlotPredictions], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Per conversation: tokens of its decoded answer text re-encoded, without special tokens added
+    (the generated </s> is not in the text, so not counted)."""
+    return [len(tokenizer(p.text, add_special_tokens=False).input_ids) for p in predictions]
+
+
+def generation_fields(timed: TimedBatches, max_new_tokens: int, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What generation produced (see ``GENERATION_NOTE``): decoder steps, answer text length, slots, parse failures."""
+    predictions = timed.predictions
+    return {
+        "max_new_tokens": max_new_tokens,
+        "decoder_steps_per_batch": mean(timed.decoder_steps, 1),
+        "mean_generated_text_tokens_per_conversation": mean(generated_text_tokens(predictions, tokenizer), 1),
+        "generated_seg_per_conversation": mean([p.text.count(SEG_TOKEN) for p in predictions], 2),
+        "generated_rej_per_conversation": mean([p.text.count(REJ_TOKEN) for p in predictions], 2),
+        "mean_parse_failures": mean([p.parse_failures for p in predictions], 2),
+    }
+
+
+def write_dump(predictions: list[SlotPredictions], path: Path) -> None:
+    """Save decisions, texts and bit-packed masks (each (T, H, W) bool) for the batch-vs-single comparison."""
+    torch.save({
+        "rejected": [list(p.rejected) for p in predictions],
+        "shapes": [list(p.masks.shape) for p in predictions],
+        "masks": [torch.from_numpy(np.packbits(p.masks.numpy().reshape(-1))) for p in predictions],
+        "texts": [p.text for p in predictions],
+    }, path)
+
+
+def load_dump(path: Path) -> dict[str, Any]:
+    """What ``write_dump`` saved, masks unpacked to (T, H, W) bool arrays."""
+    dump = torch.load(path, weights_only=True)
+    dump["masks"] = [
+        np.unpackbits(packed.numpy(), count=int(np.prod(shape))).reshape(shape).astype(bool)
+        for packed, shape in zip(dump["masks"], dump["shapes"])
+    ]
+    return dump
 
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    protocol, batch_size = args.one[0], int(args.one[1])
+    """Time configuration ``--one PROTOCOL BATCH`` in this process: its JSON row (the model's
+    description under ``model``); the predictions are written to ``--dump`` when given."""
     if args.device == "cpu" and args.memory_limit_gb:
-        limit = int(args.memory_limit_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        limit_address_space(args.memory_limit_gb)
     torch.set_num_threads(args.threads)
-    device = args.device
-    start = time.perf_counter()
-    tokenizer, model, prompts, cfg = build_bench_model(args.shape, args.work_dir / "tokenizer", args.precision, args.seed, device)
-    build_s = time.perf_counter() - start
-    builder = SampleBuilder(tokenizer, prompts, SampleSettings(sam_image_size=1024, clip_image_size=224, max_tokens=1024))
-    collate = Collator(tokenizer.pad_token_id, cfg.data.sam_image_size)
-    rss_after_build, peak_after_build = rss_mib(), peak_rss_mib()
-
-    max_new_tokens = args.max_new_tokens
-    if max_new_tokens is None:  # twice the longest answer of the timed images (tokens, </s> included)
-        longest = 0
-        for index in range(args.images):
-            image, targets = evaluation_image(index, args.seed, args.absent_fraction)
-            longest = max(longest, *_answer_tokens(collate([evaluation_sample(builder, image, targets, {})])))
-        max_new_tokens = 2 * longest
-    language_model = model.mllm.language_model
-    generated_lengths: list[int] = []  # new tokens per conversation, up to and including </s>
-    generate = language_model.generate
-
-    def recording_generate(*gen_args, **gen_kwargs):
-        output = generate(*gen_args, **gen_kwargs)
-        finished = (output.sequences == tokenizer.eos_token_id).long().cumsum(1)
-        generated_lengths.extend(((finished == 0).sum(1) + (finished[:, -1] > 0).long()).tolist())
-        return output
-
-    language_model.generate = recording_generate
-    decoder_calls: list[int] = []
-    language_model.register_forward_hook(lambda module, inputs, output: decoder_calls.append(1))
-    decoder = model.visual_model.mask_decoder
-    stages = StageTimer({
-        "sam_image_encoder": [model.visual_model.image_encoder],
-        "clip_vision_tower": [model.mllm.vision_tower],
-        "llm_decoder_layers": [language_model.get_decoder()],
-        "mask_decoder": [decoder.transformer, decoder.output_upscaling, decoder.output_hypernetworks_mlps[0]],
-    }, device)
-
-    def predict(batch) -> list[SlotPredictions]:
-        return model.predict(batch, protocol, max_new_tokens, tokenizer)
-
-    # Warm-up (thread pool, lazy initialisations; on CUDA also the caching allocator and kernel
-    # choices): the first batch on CUDA, its first image alone on the CPU, where nothing is cached
-    # by shape and a warm-up of 16 images would cost as much as the timed run.
-    warmup_images = batch_size if device == "cuda" else 1
-    warm_batch, _ = next(_batches(builder, collate, args, warmup_images, warmup_images))
-    predict(warm_batch.to(device))
-    _sync(device)
-    generated_lengths.clear()
-    stages.reset()
+    bench = set_up(args)
+    max_new_tokens = args.max_new_tokens or default_max_new_tokens(
+        bench.builder, bench.collate, args.seed, args.absent_fraction, args.images
+    )
+    workload = Workload(args.one[0], int(args.one[1]), max_new_tokens, args.seed, args.absent_fraction)
+    warmup_images = warm_up(bench, workload)
     load_before = os.getloadavg()[0]
-    if device == "cuda":
+    if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-
-    model_s, data_s, steps, prompt_tokens, answer_tokens, expressions = [], [], [], [], [], []
-    predictions: list[SlotPredictions] = []
-    images = max(args.images, 2 * batch_size)
-    for batch, seconds in _batches(builder, collate, args, batch_size, images):
-        data_s.append(seconds)
-        prompt_tokens += batch.attention_mask.sum(1).tolist()
-        answer_tokens += _answer_tokens(batch)
-        expressions += [int(exists.numel()) for exists in batch.slot_exists]
-        decoder_calls.clear()
-        begin = time.perf_counter()
-        predictions += predict(batch.to(device))
-        _sync(device)
-        model_s.append(time.perf_counter() - begin)
-        steps.append(len(decoder_calls))
-
-    total_model, total_data = sum(model_s), sum(data_s)
+    images = max(args.images, 2 * workload.batch_size)
+    timed = time_batches(bench, workload, images)
     result: dict[str, Any] = {
-        "model": {
-            "shape": args.shape,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "embedding_rows": language_model.get_input_embeddings().weight.shape[0],
-            "tokenizer_entries": len(tokenizer),
-            "dims": dataclasses.asdict(cfg.model.tiny),
-            "sam": cfg.model.sam_type,
-            "finetune": cfg.model.finetune,
-            "lora": {"r": cfg.model.lora_r, "alpha": cfg.model.lora_alpha, "targets": cfg.model.lora_target_modules},
-        },
-        "protocol": protocol,
-        "batch_size": batch_size,
-        "images_timed": images,
-        "batches_timed": len(model_s),
-        "images_per_s": round(images / total_model, 3),
-        "s_per_image": round(total_model / images, 3),
-        "batch_s": [round(value, 2) for value in model_s],
-        "stage_s_per_image": {
-            **{name: round(seconds / images, 3) for name, seconds in stages.seconds.items()},
-            "other": round((total_model - sum(stages.seconds.values())) / images, 3),
-        },
-        "data_s_per_image": round(total_data / images, 3),
-        "images_per_s_with_data": round(images / (total_model + total_data), 3),
+        "model": describe_model(bench, args.shape),
+        "protocol": workload.protocol,
+        "batch_size": workload.batch_size,
+        **throughput_fields(timed, bench.stages.seconds, images),
         "warmup_images": warmup_images,
         "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "peak_rss_mib": round(peak_rss_mib()),
-        "rss_after_build_mib": round(rss_after_build),
-        "peak_rss_during_build_mib": round(peak_after_build),
-        "build_s": round(build_s, 1),
-        "mean_expressions_per_image": round(sum(expressions) / len(expressions), 2),
-        "mean_tokens_per_conversation": round(sum(prompt_tokens) / len(prompt_tokens), 1),
-        "mean_answer_tokens": round(sum(answer_tokens) / len(answer_tokens), 1),
-        "image_tokens": (cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size) ** 2,
+        "rss_after_build_mib": round(bench.rss_after_build_mib),
+        "peak_rss_during_build_mib": round(bench.peak_rss_during_build_mib),
+        "build_s": round(bench.build_s, 1),
+        **workload_fields(timed, bench.cfg),
     }
-    if device == "cuda":
+    if args.device == "cuda":
         result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         result["cuda_device"] = torch.cuda.get_device_name()
-    if protocol == "generate":
-        lengths = generated_lengths
-        result.update({
-            "max_new_tokens": max_new_tokens,
-            "decoder_steps_per_batch": round(sum(steps) / len(steps), 1),
-            "mean_generated_tokens_per_conversation": round(sum(lengths) / len(lengths), 1),
-            "generated_seg_per_conversation": round(sum(p.text.count(SEG_TOKEN) for p in predictions) / len(predictions), 2),
-            "generated_rej_per_conversation": round(sum(p.text.count(REJ_TOKEN) for p in predictions) / len(predictions), 2),
-            "mean_parse_failures": round(sum(p.parse_failures for p in predictions) / len(predictions), 2),
-        })
+    if workload.protocol == "generate":
+        result.update(generation_fields(timed, max_new_tokens, bench.tokenizer))
     if args.dump is not None:
-        torch.save({
-            "rejected": [list(p.rejected) for p in predictions],
-            "shapes": [list(p.masks.shape) for p in predictions],
-            "masks": [torch.from_numpy(np.packbits(p.masks.numpy().reshape(-1))) for p in predictions],
-            "texts": [p.text for p in predictions],
-        }, args.dump)
+        write_dump(timed.predictions, args.dump)
     return result
 
 
 # ----------------------------------------------------------------- comparison and driver (parent)
-def _load_dump(path: Path) -> dict[str, Any]:
-    dump = torch.load(path, weights_only=True)
-    masks = []
-    for packed, shape in zip(dump["masks"], dump["shapes"]):
-        count = int(np.prod(shape))
-        masks.append(np.unpackbits(packed.numpy(), count=count).reshape(shape).astype(bool))
-    dump["masks"] = masks
-    return dump
-
-
 def compare_to_single(single: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
-    """Agreement of batched predictions with batch-1 predictions of the same images."""
+    """Agreement of batched predictions with batch-1 predictions of the same images (two ``load_dump`` results)."""
     decisions = same_masks = 0
     slots, ious = 0, []
     pairs = list(zip(single["rejected"], batched["rejected"], single["masks"], batched["masks"]))
@@ -369,7 +546,16 @@ def compare_to_single(single: dict[str, Any], batched: dict[str, Any]) -> dict[s
     }
 
 
+def _available_memory_gb() -> float:
+    """MemAvailable of this host in GiB (0 when /proc/meminfo does not say)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
+
+
 def _child_command(args: argparse.Namespace, protocol: str, batch_size: int, dump: Path) -> list[str]:
+    """The command that times one configuration (``--one``) with this run's settings."""
     command = [
         sys.executable, "-m", "gsva.bench.evaluation", "--one", protocol, str(batch_size), "--dump", str(dump),
         "--device", args.device, "--shape", args.shape, "--precision", args.precision, "--images", str(args.images),
@@ -383,8 +569,40 @@ def _child_command(args: argparse.Namespace, protocol: str, batch_size: int, dum
     return command
 
 
-def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
-    wall_start = time.perf_counter()
+def failure_reason(returncode: int, stderr: str, memory_limit_gb: float | None) -> str:
+    """Why a measuring subprocess failed, from its exit status and its stderr."""
+    if "MemoryError" in stderr or "can't allocate memory" in stderr:
+        return f"out of memory under --memory-limit-gb {memory_limit_gb}"
+    return "killed (out of memory?)" if returncode < 0 else f"exit status {returncode}"
+
+
+def run_configuration(args: argparse.Namespace, protocol: str, batch_size: int, dump: Path) -> dict[str, Any]:
+    """Time one configuration in a fresh subprocess: its JSON row, or ``error`` and ``stderr_tail``."""
+    log(f"[bench_eval] {protocol}, batch {batch_size}: {max(args.images, 2 * batch_size)} images ...")
+    child = subprocess.run(_child_command(args, protocol, batch_size, dump), capture_output=True, text=True)
+    if child.returncode != 0:
+        reason = failure_reason(child.returncode, child.stderr, args.memory_limit_gb)
+        log(f"[bench_eval]   failed: {reason}\n{child.stderr[-2000:]}")
+        return {"error": reason, "stderr_tail": child.stderr[-2000:]}
+    row = json.loads(child.stdout.strip().splitlines()[-1])
+    log(f"[bench_eval]   {row['images_per_s']} images/s")
+    return row
+
+
+def batch_agreement(dumps: Path, protocol: str, batch_sizes: list[int]) -> dict[str, Any] | None:
+    """``compare_to_single`` for each batch size of ``protocol`` that left a dump; None without the batch-1 dump."""
+    if not (dumps / f"{protocol}_1.pt").is_file():
+        return None
+    single = load_dump(dumps / f"{protocol}_1.pt")
+    return {
+        str(size): compare_to_single(single, load_dump(dumps / f"{protocol}_{size}.pt"))
+        for size in batch_sizes
+        if size != 1 and (dumps / f"{protocol}_{size}.pt").is_file()
+    }
+
+
+def start_run(args: argparse.Namespace) -> list[float]:
+    """Prepare the work dir, the tokenizer and the default memory limit; the load averages now."""
     load_at_start = [round(value, 2) for value in os.getloadavg()]
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if args.memory_limit_gb is None and args.device == "cpu":
@@ -393,37 +611,39 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         log(f"[bench_eval] warning: load average {load_at_start[0]} before the start: other processes use "
              "the CPU and the timings will be slower and noisier than on an idle machine")
     prepare_tokenizer(args.work_dir, args.seed)
-    model_info: dict[str, Any] = {}
+    return load_at_start
+
+
+def data_description(absent_fraction: float) -> dict[str, Any]:
+    """The evaluation samples, as the report describes them."""
+    return {
+        "image_size_hw": [IMAGE_HEIGHT, IMAGE_WIDTH],
+        "expressions_per_image": "11 or 12 (mean 11.5)",
+        "absent_fraction": absent_fraction,
+        "one_conversation_per_image": True,
+        "question": EVAL_QUESTIONS["please"] + " (PromptSettings.eval_question)",
+    }
+
+
+def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    """Every (protocol, batch size) in its own subprocess, the batch-vs-single comparison, then the
+    authors' evaluation when asked: the report, and whether a configuration failed."""
+    wall_start = time.perf_counter()
+    load_at_start = start_run(args)
     batch_sizes = sorted(set(args.batch_sizes) | {1})
     results: dict[str, dict[str, Any]] = {}
     agreement: dict[str, dict[str, Any]] = {}
-    failed = False
+    model_info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=args.work_dir) as dumps:
         for protocol in args.protocols:
-            results[protocol] = {}
-            for batch_size in batch_sizes:
-                dump = Path(dumps) / f"{protocol}_{batch_size}.pt"
-                log(f"[bench_eval] {protocol}, batch {batch_size}: {max(args.images, 2 * batch_size)} images ...")
-                child = subprocess.run(_child_command(args, protocol, batch_size, dump), capture_output=True, text=True)
-                if child.returncode != 0:
-                    failed = True
-                    reason = "killed (out of memory?)" if child.returncode < 0 else f"exit status {child.returncode}"
-                    if "MemoryError" in child.stderr or "can't allocate memory" in child.stderr:
-                        reason = f"out of memory under --memory-limit-gb {args.memory_limit_gb}"
-                    results[protocol][str(batch_size)] = {"error": reason, "stderr_tail": child.stderr[-2000:]}
-                    log(f"[bench_eval]   failed: {reason}\n{child.stderr[-2000:]}")
-                    continue
-                results[protocol][str(batch_size)] = json.loads(child.stdout.strip().splitlines()[-1])
-                model_info = results[protocol][str(batch_size)].pop("model")
-                log(f"[bench_eval]   {results[protocol][str(batch_size)]['images_per_s']} images/s")
-            if (Path(dumps) / f"{protocol}_1.pt").is_file():
-                single = _load_dump(Path(dumps) / f"{protocol}_1.pt")
-                agreement[protocol] = {
-                    str(size): compare_to_single(single, _load_dump(Path(dumps) / f"{protocol}_{size}.pt"))
-                    for size in batch_sizes
-                    if size != 1 and (Path(dumps) / f"{protocol}_{size}.pt").is_file()
-                }
-
+            rows = {str(size): run_configuration(args, protocol, size, Path(dumps) / f"{protocol}_{size}.pt")
+                    for size in batch_sizes}
+            for row in rows.values():
+                model_info = row.pop("model", model_info)
+            results[protocol] = rows
+            compared = batch_agreement(Path(dumps), protocol, batch_sizes)
+            if compared is not None:
+                agreement[protocol] = compared
     report = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "precision": args.precision,
@@ -432,25 +652,16 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         "torch": torch.__version__,
         "load_average_at_start": load_at_start,
         "model": model_info,
-        "data": {
-            "image_size_hw": [IMAGE_HEIGHT, IMAGE_WIDTH],
-            "expressions_per_image": "11 or 12 (mean 11.5)",
-            "absent_fraction": args.absent_fraction,
-            "one_conversation_per_image": True,
-            "question": EVAL_QUESTIONS["please"] + " (PromptSettings.eval_question)",
-        },
-        "timing_note": "images_per_s counts the model call only (batch already collated); "
-                       "images_per_s_with_data adds building + collating the samples in the same process; "
-                       "stage_s_per_image splits the model call ('other': lm_head, splicing, mask "
-                       "post-processing, generation bookkeeping). With random weights generation emits "
-                       "no [SEG] (see generated_seg_per_conversation), so the generate timings carry no "
-                       "mask decoding: add the teacher-forced mask_decoder time for a trained model",
+        "data": data_description(args.absent_fraction),
+        "timing_note": TIMING_NOTE,
+        "generation_note": GENERATION_NOTE,
         "results": results,
         "batch_vs_single": agreement,
         "total_wall_s": round(time.perf_counter() - wall_start, 1),
     }
     if args.authors is not None:
         report["authors"] = authors_comparison(args, results.get("teacher-forced", {}))
+    failed = any("error" in row for rows in results.values() for row in rows.values())
     return report, failed
 
 
@@ -474,6 +685,7 @@ def authors_comparison(args: argparse.Namespace, teacher_forced: dict[str, Any])
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: the JSON report on stdout (exit status 1 when a configuration failed)."""
     args = parse_args(argv)
     if args.one is not None:
         prepare_tokenizer(args.work_dir, args.seed)
