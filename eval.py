@@ -29,7 +29,7 @@ from gsva.evaluation.report import evaluate_benchmark
 from gsva.evaluation.scores import VARIANTS
 from gsva.evaluation.settings import EvalSettings
 from gsva.model.gsva import PROTOCOLS
-from gsva.model.weights import resolve_weights_file
+from gsva.model.directory import resolve_weights_file
 from gsva.pipeline import from_pretrained
 from gsva.text.prompts import EVAL_QUESTIONS
 

@@ -38,7 +38,6 @@ from gsva.data.sample_builder import EvalQuery, SampleBuilder, SlotTarget
 from gsva.data.samples import Collator
 from gsva.evaluation.overlays import render_prediction, save_overlay
 from gsva.model.gsva import PROTOCOLS, SlotPredictions
-from gsva.model.weights import WEIGHTS_NAME
 from gsva.pipeline import Pipeline, from_pretrained
 from gsva.text.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN
 
@@ -53,13 +52,6 @@ class QueryError(ValueError):
 def default_device() -> torch.device:
     """The first GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def model_directory(weights: str | Path) -> Path:
-    """The model directory of ``weights`` (the directory itself, or the folder of its
-    ``model.safetensors``)."""
-    weights = Path(weights)
-    return weights.parent if weights.name == WEIGHTS_NAME and weights.is_file() else weights
 
 
 def split_expressions(text: str) -> list[str]:

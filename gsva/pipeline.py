@@ -7,7 +7,7 @@ GSVA model and the sample builder that turns images and expressions into its bat
     pipeline = from_pretrained(path, ["model.precision=bf16"], device="cuda")
     batch = Collator(...)(...); pipeline.model.predict_teacher_forced(batch)
 
-A model directory holds ``model.safetensors`` (the trainable weights, ``gsva.model.pretrained``)
+A model directory (``gsva.model.directory``) holds ``model.safetensors`` (the trainable weights)
 and ``config.yaml``: the frozen parts (LLM base weights, CLIP, SAM's encoders) are rebuilt from the
 paths in ``config.yaml`` (or, for random tiny parts, from ``run.seed``), so the directory is only
 complete together with the checkpoints the config names. A load fills EVERY trainable parameter or
@@ -26,8 +26,7 @@ from gsva.config import Config, load_config
 from gsva.data.sample_builder import SampleBuilder, SampleSettings
 from gsva.model.build import build_gsva, uses_image_markers
 from gsva.model.gsva import GsvaModel
-from gsva.model.pretrained import CONFIG_NAME
-from gsva.model.weights import load_trainable_weights, resolve_weights_file
+from gsva.model.directory import config_file_of, load_trainable_weights, resolve_weights_file
 from gsva.text.vocabulary import build_vocabulary
 
 
@@ -58,9 +57,7 @@ def from_pretrained(
     weights file; or of ``config_file``; dotted ``overrides`` applied, e.g. ``model.precision=bf16``)
     and strictly load the weights; the model is in eval mode on ``device``."""
     weights_file = resolve_weights_file(weights)
-    config_file = Path(config_file) if config_file is not None else weights_file.parent / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: not a GSVA model directory (see save_pretrained)")
+    config_file = Path(config_file) if config_file is not None else config_file_of(weights_file)
     pipeline = build_pipeline(load_config(config_file, list(overrides)))
     load_trainable_weights(pipeline.model, weights_file)
     pipeline.model.to(torch.device(device)).eval()

@@ -46,12 +46,11 @@ from gsva.inference import (
     answer_line,
     default_device,
     limit_image_side,
-    model_directory,
     parse_failure_note,
     write_prediction,
 )
 from gsva.model.gsva import SlotPredictions
-from gsva.model.pretrained import CONFIG_NAME
+from gsva.model.directory import CONFIG_NAME, model_directory
 
 LOGGER = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 
 The output holds model.safetensors (fp32 trainable weights, and a randomly initialised frozen
 image projector when the run had one: model.mm_projector_init=random) + config.yaml + config.json (step,
-lora_r, source) and loads with ``gsva.model.pretrained.from_pretrained(OUT)``,
+lora_r, source) and loads with ``gsva.model.directory.from_pretrained(OUT)``,
 ``python eval.py --weights OUT`` and ``python scripts/infer.py --weights OUT``. With
 --merge-lora, LoRA is folded into the LLM and OUT also holds llava/ (original LLaVA layout), clip/
 and sam.pth, with a config (model.finetune=frozen) that points at them.

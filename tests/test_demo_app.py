@@ -26,10 +26,9 @@ import torch
 
 from gsva.demo.synthetic import SyntheticSpec, render_image
 from gsva.inference import Segmenter, expressions_query, split_expressions
-from gsva.pipeline import build_pipeline
-from gsva.model.pretrained import save_pretrained
+from gsva.model.directory import save_pretrained
 from gsva.webapp import EXPRESSIONS, REASONING, DemoPage, PageSettings, check_weights, write_examples
-from tests.conftest import REPO, child_environment, free_port, tiny_config
+from tests.conftest import REPO, child_environment, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HAS_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
@@ -37,11 +36,9 @@ NOT_AN_IMAGE = b"these are notes, not pixels\n"
 
 
 @pytest.fixture(scope="module")
-def random_weights(synthetic_root, tokenizer_dir, tmp_path_factory) -> Path:
+def random_weights(tiny_pipeline, tmp_path_factory) -> Path:
     """A tiny model directory with random weights (the handlers' behaviour, not its answers)."""
-    cfg = tiny_config(synthetic_root, tokenizer_dir)
-    model = build_pipeline(cfg).model
-    return save_pretrained(model, cfg, tmp_path_factory.mktemp("random_weights")).parent
+    return save_pretrained(tiny_pipeline.model, tiny_pipeline.cfg, tmp_path_factory.mktemp("random_weights")).parent
 
 
 def make_page(weights: Path, files_dir: Path, max_image_side: int = 256, overrides: tuple[str, ...] = ()) -> DemoPage:

@@ -20,14 +20,12 @@ from gsva.config import ConfigError, load_config
 from gsva.model import released_import
 from gsva.model.build import resolve_image_markers
 from gsva.model.mllm import build_tiny_llava, save_llava_checkpoint
-from gsva.model.pretrained import save_pretrained, write_config
+from gsva.model.directory import load_trainable_weights, save_pretrained, write_config
 from gsva.model.released import authors_token_ids
-from gsva.model.weights import load_trainable_weights
 from gsva.pipeline import build_pipeline, from_pretrained
 from gsva.text.special_tokens import IMAGE_TOKEN_INDEX
-from gsva.text.tokenizer import load_tokenizer
 from tests.conftest import TINY_CONFIG, tiny_config
-from tests.test_import_weights import assert_model_equals_source, bases, gsva_state, import_args  # noqa: F401
+from tests.test_import_weights import assert_model_equals_source, gsva_state, import_args
 from tests.test_model import make_batch
 
 RELEASE_TOKENS = ["[SEG]", "[REJ]", "<im_start>", "<im_end>"]
@@ -35,12 +33,12 @@ PROJECTOR = ("mllm.mm_projector.weight", "mllm.mm_projector.bias")
 
 
 @pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory, tokenizer_dir) -> Path:
+def llava_dir(tmp_path_factory, base_tokenizer) -> Path:
     """A tiny LLaVA (original layout, ``mm_use_im_start_end: false``) at the tiny config's dims."""
     root = tmp_path_factory.mktemp("release_llava")
     tiny = load_config(TINY_CONFIG)
     torch.manual_seed(0)
-    llava = build_tiny_llava(tiny.model.tiny, len(load_tokenizer(tokenizer_dir, 512)), tiny.data.clip_image_size, False)
+    llava = build_tiny_llava(tiny.model.tiny, len(base_tokenizer), tiny.data.clip_image_size, False)
     save_llava_checkpoint(llava, root / "llava", root / "clip")
     return root / "llava"
 
@@ -153,11 +151,11 @@ def test_new_token_rows(synthetic_root, tokenizer_dir, llava_dir, new_token_init
 
 
 # ----------------------------------------------------------------- model.use_im_start_end
-def test_true_wraps_the_image_and_adds_the_markers_in_the_released_order(synthetic_root, tokenizer_dir, llava_dir):
+def test_true_wraps_the_image_and_adds_the_markers_in_the_released_order(synthetic_root, tokenizer_dir, base_tokenizer, llava_dir):
     cfg = llava_config(synthetic_root, tokenizer_dir, llava_dir, "model.use_im_start_end=true")
     assert json.loads((llava_dir / "config.json").read_text())["mm_use_im_start_end"] is False
     pipeline = build_pipeline(cfg)
-    base_vocab = load_tokenizer(tokenizer_dir, 512).get_vocab()
+    base_vocab = base_tokenizer.get_vocab()
     ids = pipeline.tokenizer.convert_tokens_to_ids(RELEASE_TOKENS)
     assert ids == list(range(len(base_vocab), len(base_vocab) + 4))
     assert ids == [authors_token_ids(base_vocab, RELEASE_TOKENS)[token] for token in RELEASE_TOKENS]
@@ -184,19 +182,19 @@ def test_false_and_auto(synthetic_root, tokenizer_dir, llava_dir):
 
 
 # ----------------------------------------------------------------- released-weight import
-def test_import_keeps_the_released_projector_and_honours_the_markers_key(bases, tmp_path):  # noqa: F811
+def test_import_keeps_the_released_projector_and_honours_the_markers_key(released_bases, tmp_path):
     """A release-recipe YAML as the import's base: the imported model keeps the file's projector
     and rows; a LLaVA config without markers still takes the four released task tokens."""
     llava = tmp_path / "llava_without_markers"
-    shutil.copytree(bases["llava"], llava)
+    shutil.copytree(released_bases["llava"], llava)
     raw = json.loads((llava / "config.json").read_text())
     (llava / "config.json").write_text(json.dumps({**raw, "mm_use_im_start_end": False}))
-    tree = yaml.safe_load(bases["yaml"].read_text())
+    tree = yaml.safe_load(released_bases["yaml"].read_text())
     tree["model"].update({"mm_projector_init": "random", "new_token_init": "normal", "use_im_start_end": True})
     (tmp_path / "release.yaml").write_text(yaml.safe_dump(tree))
     source = gsva_state("key")
     torch.save(source, tmp_path / "gsva.bin")
-    paths = {**bases, "llava": llava, "yaml": tmp_path / "release.yaml"}
+    paths = {**released_bases, "llava": llava, "yaml": tmp_path / "release.yaml"}
 
     out = tmp_path / "imported"
     assert released_import.main(import_args("gsva-bin", tmp_path / "gsva.bin", paths, out)) == 0

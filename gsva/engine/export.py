@@ -50,8 +50,7 @@ from gsva.engine.checkpointing import resolve_resume
 from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_file
 from gsva.model.gsva import GsvaModel
 from gsva.model.mllm import save_llava_checkpoint
-from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_weights_dir
-from gsva.model.weights import load_trainable_weights
+from gsva.model.directory import CONFIG_NAME, load_trainable_weights, save_pretrained, write_weights_dir
 from gsva.pipeline import build_pipeline
 from gsva.model.trainable import apply_trainable_policy
 

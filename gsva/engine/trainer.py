@@ -47,8 +47,7 @@ from gsva.evaluation.settings import EvalSettings
 from gsva.feature_cache import FeatureCache
 from gsva.model.encoder_features import encoder_layout
 from gsva.model.gsva import GsvaModel
-from gsva.model.pretrained import CONFIG_NAME, save_pretrained, write_config
-from gsva.model.weights import WEIGHTS_NAME, load_trainable_weights
+from gsva.model.directory import CONFIG_NAME, WEIGHTS_NAME, load_trainable_weights, save_pretrained, write_config
 from gsva.model.trainable import SAM_SIDE_TRAINED
 from gsva.pipeline import build_pipeline
 

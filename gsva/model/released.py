@@ -36,7 +36,7 @@ from gsva.text.vocabulary import SlotTokenIds
 from gsva.model.mllm import LLAVA_KEYS, LlavaModel, build_projector
 from gsva.model.sam import build_sam
 from gsva.model.trainable import add_lora, apply_trainable_policy
-from gsva.model.weights import WEIGHTS_NAME
+from gsva.model.directory import WEIGHTS_NAME
 from gsva.tensor_files import load_tensor_file
 
 RELEASED_FORMATS = ("gsva-bin", "lisa-hf")

@@ -31,7 +31,7 @@ from gsva.config import load_config
 from gsva.text.tokenizer import add_task_tokens, load_tokenizer, task_token_strings
 from gsva.model import released
 from gsva.model.build import resolve_image_markers
-from gsva.model.pretrained import CONFIG_NAME, write_config
+from gsva.model.directory import CONFIG_NAME, write_config
 
 TOKENIZER_FILES = (
     "tokenizer.json",
