@@ -151,7 +151,9 @@ class DataConfig:
     reason_seg_queries_per_image: Optional[int] = 1
     """ReasonSeg: queries of an image asked per sample, one conversation each (fewer when the image
     has fewer); null = ``num_classes_per_sample``, as the authors' released code."""
-    conversation: Literal["llava_v1", "llava_llama_2"] = "llava_v1"
+    conversation: Literal["llava_v1", "llava_llama_2", "chat_template"] = "llava_v1"
+    """Conversation template (``gsva.text.conversation``): LLaVA's ``llava_v1`` or ``llava_llama_2``,
+    or ``chat_template``, the checkpoint tokenizer's own chat template (Qwen2.5-VL, InternVL)."""
     sam_image_size: int = 1024
     clip_image_size: int = 224
     model_max_length: int = 512
@@ -200,7 +202,12 @@ class TinyDims:
 
 @dataclass
 class ModelConfig:
+    backbone: Literal["auto", "llava", "llava_hf", "qwen2_5_vl", "internvl"] = "auto"
+    """The multimodal LLM (``gsva.model.backbones``): ``auto`` = as the checkpoint's
+    ``config.json`` says (the original LLaVA layout, llava-hf, Qwen2.5-VL or InternVL-hf); a named
+    kind must match the checkpoint. Without a checkpoint: a random tiny LLaVA."""
     llava_path: Optional[str] = None
+    """The multimodal LLM's checkpoint directory (any kind of ``backbone``)."""
     tokenizer_path: Optional[str] = None
     vision_tower_path: Optional[str] = None
     sam_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"

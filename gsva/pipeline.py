@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from gsva.config import Config, load_config
 from gsva.data.sample_builder import SampleBuilder, SampleSettings
-from gsva.model.build import build_gsva, uses_image_markers
+from gsva.model.build import backbone_image_marker, build_gsva, uses_image_markers
 from gsva.model.gsva import GsvaModel
 from gsva.model.directory import config_file_of, load_trainable_weights, resolve_weights_file
 from gsva.text.vocabulary import build_vocabulary
@@ -41,7 +41,7 @@ class Pipeline:
 def build_pipeline(cfg: Config) -> Pipeline:
     """Tokenizer, model (weights as ``cfg.model`` names them, random where it names none) and
     sample builder of ``cfg``."""
-    vocabulary = build_vocabulary(cfg, uses_image_markers(cfg))
+    vocabulary = build_vocabulary(cfg, uses_image_markers(cfg), backbone_image_marker(cfg))
     model = build_gsva(cfg, vocabulary)
     builder = SampleBuilder(vocabulary.tokenizer, vocabulary.prompts, SampleSettings.from_config(cfg.data))
     return Pipeline(cfg=cfg, tokenizer=vocabulary.tokenizer, model=model, builder=builder)

@@ -15,15 +15,14 @@ from gsva.engine.trainer import open_feature_cache, train
 from gsva.feature_cache import FeatureCache
 from gsva.pipeline import build_pipeline
 from gsva.model.encoder_features import encoder_layout
-from tests.conftest import REPO, child_environment, tiny_config
+from tests.conftest import REPO, TINY_CONFIG, child_environment, run_script, seeded_pipeline, tiny_config
 
 
 @pytest.fixture(scope="module")
 def cache_setup(synthetic_root, tokenizer_dir, tmp_path_factory):
     """The tiny config, its model and builder, and a cache of all its training images."""
     cfg = tiny_config(synthetic_root, tokenizer_dir, "data.num_workers=0")
-    torch.manual_seed(0)
-    pipeline = build_pipeline(cfg)
+    pipeline = seeded_pipeline(cfg)
     model, builder = pipeline.model, pipeline.builder
     cache_dir = tmp_path_factory.mktemp("cache") / "features"
     first = precompute_features(model.eval(), builder, cfg, cache_dir, torch.device("cpu"), batch_size=5, num_workers=0)
@@ -90,23 +89,22 @@ def test_cache_of_other_encoder_weights_is_refused(cache_setup, synthetic_root, 
     _, _, _, cache_dir, _ = cache_setup
     other_cfg = tiny_config(synthetic_root, tokenizer_dir, "run.seed=7", f"data.feature_cache={cache_dir}")
     other_model = build_pipeline(other_cfg).model
-    assert encoder_layout(other_model).fingerprint != FeatureCache.open(cache_dir).layout.fingerprint
+    assert encoder_layout(other_model, other_cfg.data.clip_image_size).fingerprint != FeatureCache.open(cache_dir).layout.fingerprint
     with pytest.raises(ValueError, match="precompute_features"):
         open_feature_cache(other_cfg, other_model)
 
 
 @pytest.mark.slow
-def test_training_from_the_cache_matches_training_without_it(synthetic_root, tokenizer_dir, tmp_path):
-    overrides = ("schedule.steps=4", "run.log_every=1", "run.eval_at_end=false", "data.num_workers=0", "optim.micro_batch_size=2")
-    command = [
-        sys.executable, "scripts/precompute_features.py", "--config", "configs/tiny_synthetic.yaml",
-        "--out", str(tmp_path / "cache"), "--num-workers", "0", "--batch-size", "4",
+def test_training_from_the_cache_matches_training_without_it(synthetic_root, tokenizer_dir, tmp_path, capsys):
+    overrides = ("schedule.steps=4", "run.log_every=1", "eval.at_end=false", "data.num_workers=0", "optim.micro_batch_size=2")
+    arguments = [
+        "--config", str(TINY_CONFIG), "--out", str(tmp_path / "cache"), "--num-workers", "0", "--batch-size", "4",
         f"data.dataset_dir={synthetic_root}", "data.synthetic=null", f"model.tokenizer_path={tokenizer_dir}",
         "components.enabled=false",
     ]
-    done = subprocess.run(command, cwd=REPO, env=child_environment(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout[done.stdout.index("{\n") : done.stdout.rindex("}") + 1])
+    assert run_script("precompute_features", arguments) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{\n") : printed.rindex("}") + 1])
     assert summary["encoded"] == summary["images"] > 0
     runs = {}
     for name, extra in (("plain", ()), ("cached", (f"data.feature_cache={tmp_path / 'cache'}",))):

@@ -3,7 +3,7 @@
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from gsva.model.llava_hf import load_llava_any
+from gsva.model.backbones import load_backbone
 from gsva.model.pixels import normalize_clip_images
 
 
@@ -19,7 +19,7 @@ def test_llava_hf_checkpoint_gives_the_same_features_and_logits(tmp_path):
     )
     reference = LlavaForConditionalGeneration(config).eval()
     reference.save_pretrained(str(tmp_path))
-    ours = load_llava_any(tmp_path, None, torch.float32).eval()
+    ours = load_backbone("llava_hf", tmp_path, None, torch.float32).eval()
     assert ours.projector_type == "mlp2x_gelu" and ours.select_layer == -2
     assert not any(p.is_meta for p in ours.parameters())
 

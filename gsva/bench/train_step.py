@@ -541,7 +541,7 @@ def bench_batches(bench: ChildBench, targets: int, cached: bool, images: int) ->
     steps = BenchSteps(bench.builder, Collator(pad, 1024), targets, images, args.seed)
     if cached:
         directory = bench.cache_root / f"targets{targets}-images{images}"
-        bench.layout = bench.layout or encoder_layout(bench.model)  # hashes the encoders' weights: once
+        bench.layout = bench.layout or encoder_layout(bench.model, bench.builder.settings.clip_image_size)  # hashes the encoders' weights: once
         cache = fill_cache(bench.model, bench.layout, steps, count, directory, bench.device)
         steps = BenchSteps(bench.builder, Collator(pad, 1024, cache), targets, images, args.seed)
     loader = DataLoader(

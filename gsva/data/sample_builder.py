@@ -306,10 +306,10 @@ class SampleBuilder:
         return self._image_sample(image, conversations)
 
     def dialogue(self, image: np.ndarray, turns: list[tuple[str, str]], metadata: dict[str, Any]) -> ImageSample:
-        """(question, answer) turns; the first question already holds the image placeholder."""
-        if self.prompts.use_im_start_end:
-            first, answer = turns[0]
-            turns = [(first.replace(IMAGE_PLACEHOLDER, self.prompts.image_marker, 1), answer), *turns[1:]]
+        """(question, answer) turns; the first question already holds the image placeholder, written
+        here as the model writes its image (``PromptSettings.image_marker``)."""
+        first, answer = turns[0]
+        turns = [(first.replace(IMAGE_PLACEHOLDER, self.prompts.image_marker, 1), answer), *turns[1:]]
         tokens = self._tokenize(turns, "cut", metadata)
         return self._image_sample(image, [self._text_conversation(tokens, image, metadata)])
 

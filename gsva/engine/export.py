@@ -16,9 +16,11 @@ holds every parameter, frozen ones included): the values the run trained with, n
 ``merge_lora=True`` folds each LoRA adapter into its base weight (peft's merge,
 ``W + B·A·alpha/r``) and writes a self-contained model directory instead::
 
-    out/llava/        original LLaVA layout: merged LLM + mm_projector (config.json,
-                      model.safetensors; the LLM part loads with LlamaForCausalLM) + tokenizer
-    out/clip/         the CLIP vision tower (HF directory, referenced by mm_vision_tower)
+    out/llava/        a LLaVA backbone: the original LLaVA layout, merged LLM + mm_projector
+                      (config.json, model.safetensors; the LLM part loads with LlamaForCausalLM);
+                      any other backbone: its transformers layout (``save_pretrained``, e.g. a
+                      Qwen2_5_VLForConditionalGeneration directory); + the base tokenizer
+    out/clip/         LLaVA only: the CLIP vision tower (HF directory, referenced by mm_vision_tower)
     out/sam.pth       the whole SAM (segment_anything key layout)
     out/model.safetensors + config.yaml   model.finetune=frozen and the paths above: the trainable set
                       of that policy (mask decoder, query projector) loads strictly
@@ -49,7 +51,7 @@ from gsva.atomic import write_json_atomic, write_torch_atomic
 from gsva.engine.checkpointing import resolve_resume
 from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_file
 from gsva.model.gsva import GsvaModel
-from gsva.model.mllm import save_llava_checkpoint
+from gsva.model.mllm import LlavaModel, save_llava_checkpoint
 from gsva.model.directory import CONFIG_NAME, load_trainable_weights, save_pretrained, write_weights_dir
 from gsva.pipeline import build_pipeline
 from gsva.model.trainable import apply_trainable_policy
@@ -185,10 +187,14 @@ def merge_lora_(module: nn.Module) -> int:
 def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]:
     """Merge LoRA into ``model`` (in place) and write the self-contained layout; returns the
     config of the written directory and the number of merged layers."""
-    language_model = model.mllm.language_model
-    merged = merge_lora_(language_model)
+    merged = merge_lora_(model.mllm.language_model)
     llava_dir, clip_dir, sam_file = out / "llava", out / "clip", out / "sam.pth"
-    save_llava_checkpoint(model.mllm, llava_dir, clip_dir)
+    if isinstance(model.mllm, LlavaModel):
+        save_llava_checkpoint(model.mllm, llava_dir, clip_dir)  # the original layout, its CLIP tower apart
+        vision_tower_path = str(clip_dir.resolve())
+    else:
+        model.mllm.save_pretrained(llava_dir)  # the checkpoint's own transformers layout
+        vision_tower_path = None
     # The base tokenizer (task tokens are added again on load, with the same ids).
     load_tokenizer(cfg.model.tokenizer_path or cfg.model.llava_path, cfg.data.model_max_length).save_pretrained(str(llava_dir))
     write_torch_atomic(sam_file, {name: tensor.cpu() for name, tensor in model.visual_model.state_dict().items()})
@@ -196,7 +202,7 @@ def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]
         cfg.model,
         llava_path=str(llava_dir.resolve()),
         tokenizer_path=str(llava_dir.resolve()),
-        vision_tower_path=str(clip_dir.resolve()),
+        vision_tower_path=vision_tower_path,
         sam_checkpoint=str(sam_file.resolve()),
         finetune="frozen",
         init_weights=None,

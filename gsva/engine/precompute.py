@@ -87,7 +87,7 @@ def precompute_features(
 ) -> PrecomputeReport:
     """Encode this rank's share of the training images into the cache at ``out_dir``."""
     start = time.perf_counter()
-    layout = encoder_layout(model)
+    layout = encoder_layout(model, cfg.data.clip_image_size)
     stream = all_training_images(cfg, builder)
     positions = list(range(rank(), len(stream), world_size()))
     loader = DataLoader(

@@ -183,7 +183,7 @@ def open_feature_cache(cfg: Config, model: GsvaModel) -> FeatureCache | None:
     if cfg.data.feature_cache is None:
         return None
     cache = FeatureCache.open(cfg.data.feature_cache)
-    cache.check_layout(encoder_layout(model))
+    cache.check_layout(encoder_layout(model, cfg.data.clip_image_size))
     LOGGER.info("feature cache %s: frozen-encoder outputs of %d images", cache.root, len(cache))
     return cache
 

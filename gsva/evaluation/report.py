@@ -9,6 +9,7 @@ the images not finished before, and reports the same metrics as an uninterrupted
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,8 @@ from gsva.evaluation.loop import run_evaluation
 from gsva.evaluation.resume import PartialRecords, model_layout, remove_partials, weights_identity
 from gsva.evaluation.settings import EvalSettings
 from gsva.model.gsva import GsvaModel
+from gsva.text.conversation import ChatTemplate
+from gsva.text.prompts import PromptSettings
 
 
 def evaluation_fingerprint(
@@ -39,12 +42,20 @@ def evaluation_fingerprint(
         "max_new_tokens": settings.options.max_new_tokens,
         "prompt_style": settings.options.prompt_style,
         "one_expression_per_prompt": settings.options.one_expression_per_prompt,
-        "prompts": asdict(dataset.builder.prompts),
+        "prompts": prompt_fingerprint(dataset.builder.prompts),
         "samples": asdict(dataset.builder.settings),
         "weights": weights_identity(settings.weights),
         "model": model_layout(model),
         "world_size": world_size(),
     }
+
+
+def prompt_fingerprint(prompts: PromptSettings) -> dict[str, Any]:
+    """The prompt settings as plain values; a chat template counts by its Jinja source."""
+    fields = {field.name: getattr(prompts, field.name) for field in dataclasses.fields(prompts) if field.name != "template"}
+    template = prompts.template
+    rendering = template.tokenizer.chat_template if isinstance(template, ChatTemplate) else asdict(template)
+    return {**fields, "template": {"name": template.name, "rendering": rendering}}
 
 
 def evaluate_benchmark(

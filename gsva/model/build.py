@@ -10,10 +10,10 @@ from typing import Any, Mapping
 import torch
 from transformers import PreTrainedModel
 
-from gsva.config import Config
+from gsva.config import Config, ConfigError
 from gsva.model.gsva import GsvaModel
-from gsva.model.llava_hf import is_llava_hf_config, load_llava_any
-from gsva.model.mllm import build_tiny_llava
+from gsva.model.backbones import IMAGE_MARKERS, load_backbone, resolve_backbone
+from gsva.model.mllm import LlavaModel, build_tiny_llava
 from gsva.model.sam import build_sam
 from gsva.model.trainable import add_lora, apply_trainable_policy
 from gsva.text.vocabulary import TaskVocabulary
@@ -36,13 +36,19 @@ def uses_image_markers(cfg: Config) -> bool:
     return resolve_image_markers("auto", json.loads(config_file.read_text()))
 
 
+def backbone_image_marker(cfg: Config) -> str | None:
+    """How the backbone of ``cfg`` writes the image into a chat-template prompt (None for LLaVA,
+    whose marker follows ``uses_image_markers``). Read from the config file alone."""
+    return IMAGE_MARKERS.get(resolve_backbone(cfg.model.backbone, cfg.model.llava_path))
+
+
 def resolve_image_markers(setting: str | bool, llava_config: Mapping[str, Any]) -> bool:
     """``model.use_im_start_end`` for the LLaVA of ``llava_config`` (its ``config.json``): true or
-    false as set; ``auto`` = the original layout's ``mm_use_im_start_end``, never in the llava-hf
-    layout."""
+    false as set; ``auto`` = the original layout's ``mm_use_im_start_end`` (never in a
+    transformers-layout checkpoint: llava-hf, Qwen2.5-VL, InternVL)."""
     if setting != "auto":
         return setting
-    return not is_llava_hf_config(llava_config) and bool(llava_config.get("mm_use_im_start_end", False))
+    return "vision_config" not in llava_config and bool(llava_config.get("mm_use_im_start_end", False))
 
 
 def build_gsva(cfg: Config, vocabulary: TaskVocabulary) -> GsvaModel:
@@ -62,20 +68,17 @@ def build_gsva(cfg: Config, vocabulary: TaskVocabulary) -> GsvaModel:
 def _build(cfg: Config, vocabulary: TaskVocabulary) -> GsvaModel:
     model_cfg = cfg.model
     dtype = DTYPES[model_cfg.precision]
+    kind = resolve_backbone(model_cfg.backbone, model_cfg.llava_path)
+    check_backbone_settings(cfg, kind)
     if model_cfg.llava_path is not None:
-        llava = load_llava_any(model_cfg.llava_path, model_cfg.vision_tower_path, dtype)
+        mllm = load_backbone(kind, model_cfg.llava_path, model_cfg.vision_tower_path, dtype)
     else:
-        llava = build_tiny_llava(model_cfg.tiny, vocabulary.base_size, cfg.data.clip_image_size, use_im_start_end=False)
-    if model_cfg.use_im_start_end != "auto":
-        llava.use_im_start_end = model_cfg.use_im_start_end
-    if llava.use_im_start_end != vocabulary.prompts.use_im_start_end:
-        raise ValueError(
-            f"the LLaVA {'wraps' if llava.use_im_start_end else 'does not wrap'} its image in <im_start>/<im_end>, "
-            "but the vocabulary was built for the other form"
-        )
-    resize_token_rows(llava.language_model, vocabulary.size, model_cfg.new_token_init)
+        mllm = build_tiny_llava(model_cfg.tiny, vocabulary.base_size, cfg.data.clip_image_size, use_im_start_end=False)
+    if kind in ("llava", "llava_hf"):
+        check_image_markers(mllm, model_cfg.use_im_start_end, vocabulary.prompts.use_im_start_end)
+    resize_token_rows(mllm.language_model, vocabulary.size, model_cfg.new_token_init)
     sam = build_sam(model_cfg.sam_type, model_cfg.sam_checkpoint, model_cfg.tiny, cfg.data.sam_image_size)
-    model = GsvaModel(llava, sam, vocabulary.slot_ids, model_cfg, cfg.data.sam_image_size)
+    model = GsvaModel(mllm, sam, vocabulary.slot_ids, model_cfg, cfg.data.sam_image_size)
     if model_cfg.mm_projector_init == "random":
         randomise_projector(model)
     add_lora(model.mllm.language_model, model_cfg)
@@ -83,6 +86,34 @@ def _build(cfg: Config, vocabulary: TaskVocabulary) -> GsvaModel:
     if model_cfg.gradient_checkpointing:
         model.mllm.language_model.activation_checkpointing_enable()
     return model.to(dtype)
+
+
+def check_backbone_settings(cfg: Config, kind: str) -> None:
+    """Settings that only one kind of backbone has: ConfigError naming the key otherwise."""
+    model_cfg = cfg.model
+    if cfg.model.llava_path is None and kind != "llava":
+        raise ConfigError(f"model.backbone={kind!r} needs model.llava_path (random tiny models are LLaVA only)")
+    if kind in IMAGE_MARKERS and cfg.data.conversation != "chat_template":
+        raise ConfigError(
+            f"data.conversation={cfg.data.conversation!r}: a {kind} backbone is prompted with its checkpoint's chat "
+            "template; set data.conversation=chat_template"
+        )
+    if kind not in ("llava", "llava_hf"):
+        llava_only = {"model.mm_projector_init": model_cfg.mm_projector_init != "pretrained", "model.use_im_start_end": model_cfg.use_im_start_end is True}
+        for key, changed in llava_only.items():
+            if changed:
+                raise ConfigError(f"{key} applies to LLaVA backbones only (this one is {kind!r}); leave it at its default")
+
+
+def check_image_markers(llava: LlavaModel, setting: str | bool, vocabulary_wraps: bool) -> None:
+    """Apply ``model.use_im_start_end`` to ``llava`` and check that the vocabulary was built for it."""
+    if setting != "auto":
+        llava.use_im_start_end = setting
+    if llava.use_im_start_end != vocabulary_wraps:
+        raise ValueError(
+            f"the LLaVA {'wraps' if llava.use_im_start_end else 'does not wrap'} its image in <im_start>/<im_end>, "
+            "but the vocabulary was built for the other form"
+        )
 
 
 def resize_token_rows(language_model: PreTrainedModel, size: int, new_token_init: str) -> None:

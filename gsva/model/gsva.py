@@ -104,7 +104,7 @@ class GsvaModel(nn.Module):
         states at padding positions are meaningless and never used."""
         attention_mask = batch.attention_mask.repeat(input_ids.shape[0] // batch.attention_mask.shape[0], 1)
         spliced = self.mllm.splice(input_ids, attention_mask, image_features, conv_to_image)
-        hidden = self.mllm.last_hidden_states(spliced.inputs_embeds, None)
+        hidden = self.mllm.last_hidden_states(spliced.inputs_embeds, None, spliced.token_ids)
         return spliced, hidden
 
     def _is_seg(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -243,7 +243,7 @@ class GsvaModel(nn.Module):
     def generate(self, batch: GsvaBatch, max_new_tokens: int, tokenizer=None) -> list[SlotPredictions]:
         """Free greedy generation from the prompt (the answer in ``batch`` is cut off).
 
-        Prompts are left-padded; the KV cache of the decoder's own ``generate`` is used. Each
+        The backbone decodes greedily with a KV cache (``generate_from_embeds``). Each
         generated slot token gets a mask from the hidden state that produced it; slots are
         matched to expressions in order, and missing slots count as rejected parse failures.
         """
@@ -251,20 +251,10 @@ class GsvaModel(nn.Module):
         answer_start = (batch.labels != IGNORE_INDEX).long().argmax(1)
         prompt_mask = batch.attention_mask & (torch.arange(batch.input_ids.shape[1], device=answer_start.device) < answer_start.unsqueeze(1))
         spliced = self.mllm.splice(batch.input_ids, prompt_mask, image_features, batch.conv_to_image)
-        embeds, mask = _left_align(spliced.inputs_embeds, spliced.attention_mask)
-        output = self.mllm.language_model.generate(
-            inputs_embeds=embeds,
-            attention_mask=mask.long(),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-            eos_token_id=self.token_ids.eos_id,
-            pad_token_id=self.token_ids.pad_id,
+        generation = self.mllm.generate_from_embeds(
+            spliced.inputs_embeds, spliced.attention_mask, spliced.token_ids, max_new_tokens, self.token_ids.eos_id, self.token_ids.pad_id
         )
-        sequences = output.sequences[:, -len(output.hidden_states):]
-        producing = torch.stack([step[-1][:, -1] for step in output.hidden_states], dim=1)
+        sequences, producing = generation.tokens, generation.states
         finished = (sequences == self.token_ids.eos_id).long().cumsum(1) > 0
         generated_slot = self._is_slot(sequences) & ~finished
         generated_seg = self._is_seg(sequences) & ~finished
@@ -325,12 +315,3 @@ def _per_image(query_to_image: torch.Tensor, batch: GsvaBatch) -> list[int]:
     """Queries per image (reads the device tensor back: inference only)."""
     return torch.bincount(query_to_image, minlength=batch.num_images).tolist()
 
-
-def _left_align(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's valid prefix to the right end: (N, L, D), (N, L) -> left-padded copies."""
-    length = mask.shape[1]
-    shift = length - mask.long().sum(1, keepdim=True)
-    source = (torch.arange(length, device=mask.device).unsqueeze(0) - shift) % length
-    aligned_mask = torch.arange(length, device=mask.device).unsqueeze(0) >= shift
-    aligned = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-    return aligned * aligned_mask.unsqueeze(-1).to(aligned.dtype), aligned_mask

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
-from gsva.model.mllm import LlavaModel, load_llava
+from gsva.model.mllm import LlavaModel
 from gsva.model.hf_loading import load_checked
 
 
-def is_llava_hf_config(config: dict[str, Any]) -> bool:
-    """True for a ``LlavaConfig`` (nested text and vision configs) rather than the original layout."""
-    return "text_config" in config and "vision_config" in config
-
-
 def load_llava_hf(path: str | Path, dtype: torch.dtype) -> LlavaModel:
-    """Load a ``llava-hf`` directory as our ``LlavaModel``; every weight must be in the files."""
+    """Load a ``llava-hf`` directory as our ``LlavaModel``; every weight must be in the files and
+    its ``model_type`` must be ``llava`` (a LLaVA-NeXT directory would otherwise load as a plain
+    LLaVA, its ``image_newline`` and anyres tiling silently dropped)."""
+    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    if model_type != "llava":
+        raise ValueError(f"{path}: model_type {model_type!r}, expected 'llava' (a LlavaForConditionalGeneration checkpoint)")
     hf = load_checked(LlavaForConditionalGeneration, path, dtype)
     config = hf.config
     if config.vision_feature_select_strategy != "default" or not isinstance(config.vision_feature_layer, int):
@@ -51,11 +50,3 @@ def load_llava_hf(path: str | Path, dtype: torch.dtype) -> LlavaModel:
         use_im_start_end=False,
         projector_type="mlp2x_gelu",
     )
-
-
-def load_llava_any(path: str | Path, vision_tower_path: str | Path | None, dtype: torch.dtype) -> LlavaModel:
-    """A LLaVA checkpoint in the original layout or in the ``llava-hf`` layout (told by its config)."""
-    config_file = Path(path) / "config.json"
-    if config_file.is_file() and is_llava_hf_config(json.loads(config_file.read_text())):
-        return load_llava_hf(path, dtype)
-    return load_llava(path, vision_tower_path, dtype)

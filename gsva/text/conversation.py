@@ -1,4 +1,6 @@
-"""Conversation templates of the LLaVA checkpoints GSVA starts from (``llava_v1``, ``llava_llama_2``).
+"""Conversation templates: those of the LLaVA checkpoints GSVA starts from (``llava_v1``,
+``llava_llama_2``), and ``chat_template``, the checkpoint tokenizer's own Jinja chat template
+(Qwen2.5-VL, InternVL).
 
 A template renders (question, answer) turns to one string and reports the character spans of the
 assistant's answers, which are the only supervised tokens.
@@ -6,15 +8,21 @@ assistant's answers, which are the only supervised tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+Turns = list[tuple[str, str | None]]
+"""(question, answer) turns; an answer of None (last turn only) asks for the answer: the rendering
+ends with the generation prompt."""
 
 
 @dataclass(frozen=True)
 class RenderedConversation:
     text: str
     answer_spans: list[tuple[int, int]]
-    """[start, end) character spans of each answer, including the space that opens it and its
-    end-of-turn marker, so that a generation prompt ends right before the span."""
+    """[start, end) character spans of each answer with its end-of-turn marker (and, in LLaVA's
+    templates, the space that opens it), so that a generation prompt ends right before the span."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,7 @@ class ConversationTemplate:
     first_turn_wrap: str
     """Format of the first user message; ``{system}`` and ``{message}`` are substituted."""
 
-    def render(self, turns: list[tuple[str, str | None]]) -> RenderedConversation:
+    def render(self, turns: Turns) -> RenderedConversation:
         """Render turns of (question, answer). An answer of None leaves the assistant prefix open
         (the prompt for generation); it may only be the last turn."""
         text = ""
@@ -74,8 +82,90 @@ LLAVA_LLAMA_2 = ConversationTemplate(
 
 TEMPLATES = {template.name: template for template in (LLAVA_V1, LLAVA_LLAMA_2)}
 
+CHAT_TEMPLATE = "chat_template"
+"""``data.conversation`` of a backbone prompted with its checkpoint tokenizer's own chat template."""
 
-def get_template(name: str) -> ConversationTemplate:
+Messages = list[dict[str, str]]
+
+
+def chat_messages(turns: Turns) -> Messages:
+    """(question, answer) turns -> chat messages (user, assistant, user, ...); an answer of None
+    (last turn only) is left out."""
+    if not turns:
+        raise ValueError("a conversation needs at least one turn")
+    messages: Messages = []
+    for index, (question, answer) in enumerate(turns):
+        messages.append({"role": "user", "content": question})
+        if answer is None:
+            if index != len(turns) - 1:
+                raise ValueError("only the last turn may be left without an answer")
+            break
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Conversations rendered by ``tokenizer.apply_chat_template``: the Jinja chat template of the
+    checkpoint's tokenizer, with its own system prompt, turn markers and generation prompt.
+
+    Answer k spans from the end of the generation prompt that follows question k to the end of the
+    rendering of the conversation up to answer k: the answer, its end-of-turn token (e.g.
+    ``<|im_end|>``) and what the template writes after it before the next turn. The template must
+    render every conversation as a prefix of its continuations (``ValueError`` otherwise).
+    """
+
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+    name: str = CHAT_TEMPLATE
+
+    def __post_init__(self) -> None:
+        if not self.tokenizer.chat_template:
+            raise ValueError(
+                f"data.conversation={CHAT_TEMPLATE} renders with the tokenizer's chat template, but the tokenizer "
+                f"of {self.tokenizer.name_or_path!r} has no chat template (read from chat_template.jinja or "
+                "'chat_template' in tokenizer_config.json; a processor's chat_template.json is not read)"
+            )
+
+    def render(self, turns: Turns) -> RenderedConversation:
+        """Render turns of (question, answer); an answer of None (last turn only) ends the text
+        with the generation prompt."""
+        messages = chat_messages(turns)
+        text = self.apply(messages, add_generation_prompt=turns[-1][1] is None)
+        spans = [self.answer_span(messages, index, text) for index in range(1, len(messages), 2)]
+        return RenderedConversation(text=text, answer_spans=spans)
+
+    def apply(self, messages: Messages, add_generation_prompt: bool) -> str:
+        """``messages`` rendered by the tokenizer's chat template."""
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def answer_span(self, messages: Messages, answer_index: int, text: str) -> tuple[int, int]:
+        """[start, end) characters of the assistant message ``messages[answer_index]`` in ``text``,
+        the rendering of ``messages`` (or of a continuation of them)."""
+        prompt = self.apply(messages[:answer_index], add_generation_prompt=True)
+        answered = self.apply(messages[: answer_index + 1], add_generation_prompt=False)
+        if not (answered.startswith(prompt) and text.startswith(answered)):
+            raise ValueError(
+                f"the chat template of {self.tokenizer.name_or_path!r} does not render a conversation as a prefix "
+                f"of its continuation (answer {answer_index // 2 + 1}): its answers cannot be located"
+            )
+        return len(prompt), len(answered)
+
+
+ConversationFormat = ConversationTemplate | ChatTemplate
+"""What renders a model's conversations (``PromptSettings.template``)."""
+
+
+def get_template(name: str, tokenizer: PreTrainedTokenizerBase | None = None) -> ConversationFormat:
+    """The template ``data.conversation`` = ``name`` names; ``chat_template`` renders with
+    ``tokenizer``'s chat template (the checkpoint's tokenizer, required)."""
+    if name == CHAT_TEMPLATE:
+        if tokenizer is None:
+            raise ValueError(f"conversation template {CHAT_TEMPLATE!r} needs the checkpoint's tokenizer")
+        return ChatTemplate(tokenizer)
     if name not in TEMPLATES:
-        raise ValueError(f"unknown conversation template {name!r}; expected one of {sorted(TEMPLATES)}")
+        raise ValueError(
+            f"unknown conversation template {name!r}; expected one of {sorted([*TEMPLATES, CHAT_TEMPLATE])}"
+        )
     return TEMPLATES[name]

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from gsva.text.conversation import ConversationTemplate
+from gsva.text.conversation import ConversationFormat
 from gsva.text.special_tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
 
 TRAIN_QUESTIONS = (
@@ -95,9 +95,9 @@ SINGLE_ANSWERS = (
 
 @dataclass(frozen=True)
 class PromptSettings:
-    """How prompts are rendered for one model: its conversation template and slot tokens."""
+    """How prompts are rendered for one model: its conversation template, image marker and slot tokens."""
 
-    template: ConversationTemplate
+    template: ConversationFormat
     seg_tokens: list[str]
     """Token of each slot position: one shared ``[SEG]``, or the individual ones (slot i uses i mod N)."""
     use_im_start_end: bool
@@ -110,12 +110,32 @@ class PromptSettings:
     release_text_normalization: bool = False
     """Lower-case evaluation expressions and strip their spaces and final dots, as the authors'
     released evaluation does (``RELEASE_EVAL_PROMPT``)."""
+    backbone_image_marker: str | None = None
+    """The image in a question as the backbone writes it, around the image placeholder (Qwen2.5-VL:
+    ``<|vision_start|><image><|vision_end|>``, InternVL: ``<img><image></img>``); None = LLaVA's,
+    by ``use_im_start_end``."""
+
+    def __post_init__(self) -> None:
+        marker = self.backbone_image_marker
+        if marker is None:
+            return
+        if marker.count(IMAGE_PLACEHOLDER) != 1:
+            raise ValueError(f"image marker {marker!r} must hold the image placeholder {IMAGE_PLACEHOLDER} once")
+        if self.use_im_start_end:
+            raise ValueError(
+                f"image marker {marker!r} is the backbone's own: it excludes LLaVA's {IM_START_TOKEN}/{IM_END_TOKEN} "
+                "wrapping (use_im_start_end)"
+            )
 
     def eval_expression(self, text: str) -> str:
         return text.strip().lower().strip().strip(".") if self.release_text_normalization else text
 
     @property
     def image_marker(self) -> str:
+        """The image in a question's text: the backbone's marker, else ``<image>`` (wrapped in
+        ``<im_start>``/``<im_end>`` when ``use_im_start_end``)."""
+        if self.backbone_image_marker is not None:
+            return self.backbone_image_marker
         if self.use_im_start_end:
             return IM_START_TOKEN + IMAGE_PLACEHOLDER + IM_END_TOKEN
         return IMAGE_PLACEHOLDER

@@ -3,7 +3,7 @@
     vocabulary = build_vocabulary(cfg, use_im_start_end=True)
     vocabulary.tokenizer            # [SEG] [REJ] <im_start> <im_end> added, in the released order
     vocabulary.slot_ids             # SlotTokenIds(seg_ids=(32000,), rej_id=32001, eos_id=2, pad_id=0)
-    vocabulary.prompts              # template, slot tokens, question and answer forms
+    vocabulary.prompts              # template, image marker, slot tokens, question and answer forms
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ class TaskVocabulary:
         return len(self.tokenizer)
 
 
-def build_vocabulary(cfg: Config, use_im_start_end: bool) -> TaskVocabulary:
+def build_vocabulary(cfg: Config, use_im_start_end: bool, image_marker: str | None = None) -> TaskVocabulary:
     """The tokenizer of ``model.tokenizer_path`` (default ``model.llava_path``) with GSVA's task
     tokens (``<im_start>``/``<im_end>`` too when ``use_im_start_end``: see
-    ``gsva.model.build.uses_image_markers`` for how ``model.use_im_start_end`` decides it)."""
+    ``gsva.model.build.uses_image_markers`` for how ``model.use_im_start_end`` decides it), and the
+    prompt settings of ``data.conversation`` (``chat_template``: the tokenizer's own chat template).
+    ``image_marker`` is the backbone's own writing of the image around the placeholder (e.g. the
+    ``IMAGE_MARKER`` of ``gsva.model.backbones.qwen2_5_vl``); None = LLaVA's, by ``use_im_start_end``."""
     model_cfg = cfg.model
     tokenizer_path = model_cfg.tokenizer_path or model_cfg.llava_path
     if tokenizer_path is None:
@@ -64,9 +67,10 @@ def build_vocabulary(cfg: Config, use_im_start_end: bool) -> TaskVocabulary:
             pad_id=tokenizer.pad_token_id,
         ),
         prompts=PromptSettings(
-            template=get_template(cfg.data.conversation),
+            template=get_template(cfg.data.conversation, tokenizer),
             seg_tokens=seg_tokens,
             use_im_start_end=use_im_start_end,
             use_rej_token=model_cfg.use_rej_token,
+            backbone_image_marker=image_marker,
         ),
     )

@@ -1,0 +1,328 @@
+"""InternVL in the transformers layout (``InternVLForConditionalGeneration``, the ``-hf``
+checkpoints such as ``OpenGVLab/InternVL3-1B-hf``) as GSVA's multimodal LLM.
+
+transformers reads the checkpoint; its parts are re-used, without copying, behind the interface
+``GsvaModel`` uses (the one of ``LlavaModel``):
+
+- ``vision_tower``: the InternViT, frozen; ``vision_features`` returns its patch features of layer
+  ``vision_feature_layer`` (``-1``: the tower's output, after its final norm), without the CLS
+  token (``vision_feature_select_strategy: default``), before any projection: what a feature cache
+  stores;
+- ``mm_projector``: pixel shuffle (``downsample_ratio``) then ``multi_modal_projector`` (LayerNorm,
+  Linear, GELU, Linear), frozen as LLaVA's projector is in GSVA; ``mm_projector(vision_features(x))``
+  is ``InternVLForConditionalGeneration.get_image_features(pixel_values)``;
+- ``language_model``: a causal LM of the text config holding the decoder and ``lm_head`` (LoRA,
+  token resizing, ``generate`` with ``inputs_embeds``).
+
+Every image is ONE tile of the vision config's ``image_size`` (no dynamic tiling, no thumbnail), so
+it always takes P = (image_size / patch_size)² · downsample_ratio² positions in the sequence.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    PreTrainedModel,
+)
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
+
+from gsva.model.hf_loading import load_checked
+from gsva.model.mllm import check_hidden_state_count
+from gsva.model.pixels import _channel_vector
+from gsva.model.generation import GreedyGeneration, generate_with_transformers
+from gsva.model.splicing import SplicedInputs, splice_image_features, spliced_positions
+from gsva.text.special_tokens import IMAGE_PLACEHOLDER
+
+INTERNVL_MODEL_TYPE = "internvl"
+INTERNVL_IMAGE_MEAN = (0.485, 0.456, 0.406)
+INTERNVL_IMAGE_STD = (0.229, 0.224, 0.225)
+"""The pixel statistics InternVL's checkpoints declare in ``preprocessor_config.json``; used when a
+directory has no such file."""
+IMAGE_START_TOKEN = "<img>"
+IMAGE_END_TOKEN = "</img>"
+IMAGE_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+IMAGE_MARKER = f"{IMAGE_START_TOKEN}{IMAGE_PLACEHOLDER}{IMAGE_END_TOKEN}"
+"""The image in a prompt's text: InternVL wraps its image positions in ``<img>``/``</img>``; the
+placeholder between them becomes the P spliced features."""
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def pixel_shuffle(features: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(B, N, C) features of a square n×n patch grid (N = n²) -> (B, N·ratio², C/ratio²): each
+    (1/ratio)×(1/ratio) block of neighbouring patches concatenated into one vector, in the order of
+    ``InternVLModel.pixel_shuffle``."""
+    batch, tokens, channels = features.shape
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"{tokens} patch features do not form a square grid")
+    reduced_side, reduced_channels = int(side * ratio), int(channels / ratio)
+    grid = features.reshape(batch, side, side, channels)
+    grid = grid.view(batch, side, reduced_side, reduced_channels).permute(0, 2, 1, 3).contiguous()
+    grid = grid.view(batch, reduced_side, reduced_side, int(channels / ratio**2)).permute(0, 2, 1, 3).contiguous()
+    return grid.reshape(batch, reduced_side * reduced_side, -1)
+
+
+class InternVLProjector(nn.Module):
+    """Pixel shuffle then InternVL's ``multi_modal_projector``."""
+
+    def __init__(self, multi_modal_projector: InternVLMultiModalProjector, downsample_ratio: float) -> None:
+        super().__init__()
+        self.multi_modal_projector = multi_modal_projector
+        self.downsample_ratio = downsample_ratio
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, D_v) patch features -> (B, P, D) with P = N · downsample_ratio²."""
+        return self.multi_modal_projector(pixel_shuffle(features, self.downsample_ratio))
+
+
+def check_supported_config(config: InternVLConfig) -> None:
+    """Raise ValueError unless the vision features come from one layer, without CLS, on a square tile."""
+    if not isinstance(config.vision_feature_layer, int):
+        raise ValueError(f"vision_feature_layer={config.vision_feature_layer!r}: only a single layer is supported")
+    if config.vision_feature_select_strategy != "default":
+        raise ValueError(
+            f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}: only 'default' (patches "
+            "without CLS, the grid that pixel shuffle needs) is supported"
+        )
+    height, width = config.vision_config.image_size
+    if height != width:
+        raise ValueError(f"vision image_size {config.vision_config.image_size}: only square tiles are supported")
+
+
+def ties_word_embeddings(language_model: PreTrainedModel) -> bool:
+    """Whether ``lm_head`` and the input embeddings share one weight."""
+    return language_model.get_output_embeddings().weight is language_model.get_input_embeddings().weight
+
+
+def causal_lm_of(hf: InternVLForConditionalGeneration) -> PreTrainedModel:
+    """A causal LM of ``hf``'s text config made of ``hf``'s own decoder and ``lm_head`` (no copy).
+    Its config ties the word embeddings exactly when ``hf``'s weights are tied, so that resizing
+    the token table keeps ``lm_head`` consistent."""
+    text_config = hf.config.text_config
+    text_config.tie_word_embeddings = hf.lm_head.weight is hf.get_input_embeddings().weight
+    with torch.device("meta"):
+        language_model = AutoModelForCausalLM.from_config(text_config)
+    language_model.model = hf.model.language_model
+    language_model.lm_head = hf.lm_head
+    return language_model
+
+
+class InternVLBackbone(nn.Module):
+    """InternVL behind ``GsvaModel``'s multimodal-LLM interface."""
+
+    def __init__(
+        self,
+        config: InternVLConfig,
+        language_model: PreTrainedModel,
+        vision_tower: PreTrainedModel,
+        mm_projector: InternVLProjector,
+        image_mean: Sequence[float] = INTERNVL_IMAGE_MEAN,
+        image_std: Sequence[float] = INTERNVL_IMAGE_STD,
+    ) -> None:
+        super().__init__()
+        check_supported_config(config)
+        self.config = config
+        self.language_model = language_model
+        self.vision_tower = vision_tower
+        self.mm_projector = mm_projector
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+
+    @classmethod
+    def from_hf(
+        cls,
+        hf: InternVLForConditionalGeneration,
+        image_mean: Sequence[float] = INTERNVL_IMAGE_MEAN,
+        image_std: Sequence[float] = INTERNVL_IMAGE_STD,
+    ) -> InternVLBackbone:
+        """The parts of ``hf`` (shared, not copied) as a backbone."""
+        projector = InternVLProjector(hf.model.multi_modal_projector, hf.config.downsample_ratio)
+        return cls(hf.config, causal_lm_of(hf), hf.model.vision_tower, projector, image_mean, image_std)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.language_model.config.hidden_size
+
+    @property
+    def tile_size(self) -> int:
+        """Side S of the square (B, 3, S, S) images ``vision_features`` takes."""
+        return self.config.vision_config.image_size[0]
+
+    @property
+    def image_token_count(self) -> int:
+        """P, the sequence positions of one image: (S / patch)² · downsample_ratio²."""
+        patches_per_side = self.tile_size // self.config.vision_config.patch_size[0]
+        return int(patches_per_side * self.config.downsample_ratio) ** 2
+
+    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 RGB -> (B, 3, S, S) float32: scaled to [0, 1] and normalised with the
+        image processor's mean and std (its output for one tile with tiling off)."""
+        if images.shape[-2:] != (self.tile_size, self.tile_size):
+            raise ValueError(
+                f"images of {tuple(images.shape[-2:])} pixels; this InternVL takes {self.tile_size}² tiles"
+            )
+        scaled = images.float() / 255.0
+        return (scaled - _channel_vector(self.image_mean, images)) / _channel_vector(self.image_std, images)
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        """The frozen vision part whose output a feature cache holds (the vision tower)."""
+        return self.vision_tower
+
+    def feature_settings(self) -> dict[str, Any]:
+        """What, beside the encoder's weights and input size, decides the cached features."""
+        return {"vision_feature_layer": self.config.vision_feature_layer}
+
+    def vision_feature_shape(self, image_size: int) -> tuple[int, int]:
+        """(N, D_v) of ``vision_features`` for (B, 3, image_size, image_size) images."""
+        return ((image_size // self.config.vision_config.patch_size[0]) ** 2, self.vision_tower.config.hidden_size)
+
+    def vision_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> (B, N, D_v) patch features (no CLS) of the frozen tower's layer
+        ``vision_feature_layer``, before pixel shuffle and projector; contiguous, like features read
+        from a cache."""
+        layer = self.config.vision_feature_layer
+        pixels = self.pixel_values(images).to(self.vision_tower.dtype)
+        outputs = self.vision_tower(pixel_values=pixels, output_hidden_states=layer != -1)
+        if layer == -1:
+            selected = outputs.last_hidden_state
+        else:
+            check_hidden_state_count(outputs.hidden_states, self.vision_tower.config.num_hidden_layers)
+            selected = outputs.hidden_states[layer]
+        return selected[:, 1:].contiguous()
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """(…) ids -> (…, D); ``IMAGE_TOKEN_INDEX`` entries embed as id 0 (they are replaced)."""
+        return self.language_model.get_input_embeddings()(token_ids.clamp(min=0))
+
+    def splice(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_features: torch.Tensor,
+        conv_to_image: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> SplicedInputs:
+        """``splice_image_features`` with this model's token embeddings: input_ids, attention_mask,
+        labels (N, L); image_features (B, P, D); conv_to_image (N,)."""
+        return splice_image_features(
+            self.embed_tokens, input_ids, attention_mask, image_features, conv_to_image, labels
+        )
+
+    spliced_positions = staticmethod(spliced_positions)
+
+    def last_hidden_states(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N, L', D) inputs -> (N, L', D) post-norm output of the decoder's last layer;
+        ``attention_mask`` (N, L') or None for causal attention only; ``token_ids`` are not needed
+        (positions follow the sequence)."""
+        mask = attention_mask.long() if attention_mask is not None else None
+        outputs = self.language_model.model(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False)
+        return outputs.last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(…, D) -> (…, V)."""
+        return self.language_model.get_output_embeddings()(hidden)
+
+    def generate_from_embeds(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_ids: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int,
+        pad_token_id: int,
+    ) -> GreedyGeneration:
+        """Greedy decoding from right-padded spliced prompts (N, L', D) with their (N, L') mask
+        (``generate_with_transformers``; ``token_ids`` are not needed)."""
+        return generate_with_transformers(
+            self.language_model, inputs_embeds, attention_mask, max_new_tokens, eos_token_id, pad_token_id
+        )
+
+    @staticmethod
+    def lora_target_modules(names: Sequence[str]) -> str:
+        """A peft ``target_modules`` regex selecting the modules called ``names`` (e.g. ``q_proj``,
+        ``v_proj``) inside the decoder layers of the language model only, whether peft is applied
+        to ``language_model``, to this backbone or to a model holding it (``mllm.``): the vision
+        tower's attention has modules of the same names."""
+        alternatives = "|".join(re.escape(name) for name in names)
+        return rf"^(?:(?:.*\.)?language_model\.)?model\.layers\.\d+\.(?:.*\.)?(?:{alternatives})$"
+
+    def hf_model(self) -> InternVLForConditionalGeneration:
+        """An ``InternVLForConditionalGeneration`` made of this backbone's parts (shared, not copied),
+        its config updated to the current token table and embedding tying."""
+        config = copy.deepcopy(self.config)
+        config.text_config = copy.deepcopy(self.language_model.config)
+        config.tie_word_embeddings = ties_word_embeddings(self.language_model)
+        with torch.device("meta"):
+            hf = InternVLForConditionalGeneration(config)
+        hf.model.vision_tower = self.vision_tower
+        hf.model.multi_modal_projector = self.mm_projector.multi_modal_projector
+        hf.model.language_model = self.language_model.model
+        hf.lm_head = self.language_model.lm_head
+        return hf
+
+    def image_processor(self) -> GotOcr2ImageProcessorPil:
+        """transformers' InternVL image processor for one tile of ``tile_size`` with these statistics."""
+        return GotOcr2ImageProcessorPil(
+            image_mean=list(self.image_mean),
+            image_std=list(self.image_std),
+            size={"height": self.tile_size, "width": self.tile_size},
+            crop_to_patches=False,
+        )
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the model (``config.json`` + safetensors) and its image processor
+        (``preprocessor_config.json``) in the transformers layout; LoRA must be merged first."""
+        lora = [name for name, _ in self.language_model.named_modules() if "lora_" in name]
+        if lora:
+            raise ValueError(f"the language model holds LoRA modules ({lora[0]}, …): merge them before saving")
+        self.hf_model().save_pretrained(str(directory))
+        self.image_processor().save_pretrained(str(directory))
+
+
+def read_model_type(path: Path) -> str:
+    """The ``model_type`` of ``path/config.json``; FileNotFoundError naming the file when absent."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"InternVL checkpoint: {config_file} not found")
+    return json.loads(config_file.read_text()).get("model_type", "")
+
+
+def read_image_statistics(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of ``path/preprocessor_config.json``, InternVL's own when there is none."""
+    config_file = path / PREPROCESSOR_CONFIG
+    if not config_file.is_file():
+        return INTERNVL_IMAGE_MEAN, INTERNVL_IMAGE_STD
+    raw = json.loads(config_file.read_text())
+    return tuple(raw.get("image_mean", INTERNVL_IMAGE_MEAN)), tuple(raw.get("image_std", INTERNVL_IMAGE_STD))
+
+
+def load_internvl(path: str | Path, dtype: torch.dtype) -> InternVLBackbone:
+    """Load a ``save_pretrained`` directory of ``InternVLForConditionalGeneration`` in ``dtype``;
+    ValueError for a directory of another model type, or with a weight missing."""
+    path = Path(path)
+    model_type = read_model_type(path)
+    if model_type != INTERNVL_MODEL_TYPE:
+        raise ValueError(
+            f"{path}: config.json has model_type {model_type!r}, expected {INTERNVL_MODEL_TYPE!r} "
+            "(an InternVL checkpoint in the transformers layout, e.g. OpenGVLab/InternVL3-1B-hf)"
+        )
+    hf = load_checked(InternVLForConditionalGeneration, path, dtype)
+    image_mean, image_std = read_image_statistics(path)
+    return InternVLBackbone.from_hf(hf, image_mean, image_std)
+

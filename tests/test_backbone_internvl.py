@@ -1,0 +1,358 @@
+"""InternVL behind GSVA's multimodal-LLM interface, against transformers' own
+``InternVLForConditionalGeneration`` on a tiny random model (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from transformers import InternVLConfig, InternVLForConditionalGeneration, LlavaConfig, Qwen2Config
+
+from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
+from gsva.model.backbones.internvl import (
+    IMAGE_CONTEXT_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_MARKER,
+    IMAGE_START_TOKEN,
+    InternVLBackbone,
+    load_internvl,
+    ties_word_embeddings,
+)
+from gsva.model.generation import left_align
+from gsva.text.conversation import ChatTemplate
+from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from gsva.text.tokenization import tokenize_conversation
+from gsva.text.tokenizer import load_tokenizer, train_tiny_bpe
+
+TILE = 28
+PATCH = 7
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou see images.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "What is in the picture? Where is the red square? It is [SEG]. Nothing like that: [REJ].",
+    "The blue circle and the green triangle are on the left; the yellow star is missing.",
+]
+TURNS = [(f"{IMAGE_MARKER}\nWhere is the red square?", "It is [SEG]."), ("And the star?", "[REJ].")]
+SHORT_TURNS = [(f"{IMAGE_MARKER}\nThe circle?", "[SEG].")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("internvl_tokenizer")
+    special = (IMAGE_START_TOKEN, IMAGE_END_TOKEN, IMAGE_CONTEXT_TOKEN, "<|im_start|>", "<|im_end|>")
+    built = train_tiny_bpe(CORPUS, 300, directory, extra_tokens=special)
+    built.chat_template = CHAT_TEMPLATE
+    built.save_pretrained(str(directory))
+    return load_tokenizer(directory, 512)
+
+
+def tiny_config(tokenizer, vision_feature_layer: int = -1, tie: bool = True) -> InternVLConfig:
+    """Text: Qwen2, hidden 64, 2 layers; vision: hidden 32, 2 layers, 28 px tiles of 7 px patches
+    (16 patches, 4 image positions after pixel shuffle)."""
+    return InternVLConfig(
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            image_size=TILE, patch_size=PATCH, use_mean_pooling=False,
+        ),
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=tie,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_CONTEXT_TOKEN),
+        image_seq_length=(TILE // PATCH) ** 2 // 4,
+        vision_feature_layer=vision_feature_layer,
+        tie_word_embeddings=tie,
+    )
+
+
+def unit_scale_(model: nn.Module) -> None:
+    """Weights of unit-scale activations (N(0, 1/fan_in) matrices, norms and scales around 1), so
+    that the comparisons below are made on logits of order one, not on near-constant ones."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, parameter[0].numel() ** -0.5)
+            else:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+
+
+def build_hf(config: InternVLConfig, seed: int = 0) -> InternVLForConditionalGeneration:
+    torch.manual_seed(seed)
+    hf = InternVLForConditionalGeneration(config)
+    unit_scale_(hf)
+    return hf.eval()
+
+
+def random_images(count: int, seed: int = 1) -> torch.Tensor:
+    """(count, 3, TILE, TILE) uint8."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, 3, TILE, TILE), dtype=torch.uint8, generator=generator)
+
+
+def tokenized_rows(tokenizer, conversations) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (N, L) input ids (one ``IMAGE_TOKEN_INDEX`` per row), attention mask, labels."""
+    template = ChatTemplate(tokenizer)
+    rows = [tokenize_conversation(template.render(turns), tokenizer) for turns in conversations]
+    length = max(len(row.input_ids) for row in rows)
+    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), length), IGNORE_INDEX)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids)
+        labels[index, : len(row.labels)] = torch.tensor(row.labels)
+        mask[index, : len(row.input_ids)] = True
+    return input_ids, mask, labels
+
+
+def expanded_ids(input_ids: torch.Tensor, image_token_id: int, patches: int) -> torch.Tensor:
+    """(N, L) ids with one placeholder per row -> (N, L - 1 + P): the placeholder as P image-context ids."""
+    rows = []
+    for row in input_ids.tolist():
+        at = row.index(IMAGE_TOKEN_INDEX)
+        rows.append(row[:at] + [image_token_id] * patches + row[at + 1 :])
+    return torch.tensor(rows)
+
+
+def backbone_logits(backbone: InternVLBackbone, input_ids, mask, image_features, conv_to_image, labels=None):
+    """(spliced inputs, (N, L', D) last states, (N, L', V) logits) through the adapter."""
+    spliced = backbone.splice(input_ids, mask, image_features, conv_to_image, labels)
+    hidden = backbone.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
+    return spliced, hidden, backbone.lm_logits(hidden)
+
+
+def test_pixel_values_equal_the_image_processor_output(tokenizer):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
+    images = random_images(3)
+    expected = backbone.image_processor()(list(images), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(backbone.pixel_values(images), expected, rtol=0, atol=1e-6)
+
+
+def test_pixel_values_refuse_another_image_size(tokenizer):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
+    with pytest.raises(ValueError, match="28"):
+        backbone.pixel_values(torch.zeros((1, 3, 56, 56), dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("vision_feature_layer", [-1, -2])
+def test_projected_vision_features_are_get_image_features(tokenizer, vision_feature_layer):
+    hf = build_hf(tiny_config(tokenizer, vision_feature_layer))
+    backbone = InternVLBackbone.from_hf(hf)
+    images = random_images(2)
+    with torch.no_grad():
+        pixel_values = backbone.image_processor()(list(images), return_tensors="pt")["pixel_values"]
+        expected = hf.get_image_features(pixel_values).pooler_output
+        features = backbone.vision_features(images)
+        projected = backbone.mm_projector(features)
+    assert features.shape == (2, (TILE // PATCH) ** 2, 32)
+    assert projected.shape == (2, backbone.image_token_count, backbone.hidden_size)
+    torch.testing.assert_close(projected, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("setting", [{"vision_feature_select_strategy": "full"}, {"vision_feature_layer": [-1, -2]}])
+def test_unsupported_vision_feature_settings_are_refused(tokenizer, setting):
+    hf = build_hf(tiny_config(tokenizer))
+    for name, value in setting.items():
+        setattr(hf.config, name, value)
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        InternVLBackbone.from_hf(hf)
+
+
+def test_logits_and_states_equal_the_plain_forward(tokenizer):
+    config = tiny_config(tokenizer)
+    hf = build_hf(config)
+    backbone = InternVLBackbone.from_hf(hf)
+    images = random_images(2)
+    conv_to_image = torch.tensor([1, 0])
+    input_ids, mask, _ = tokenized_rows(tokenizer, [TURNS, SHORT_TURNS])
+    assert mask.sum(1).tolist()[0] != mask.sum(1).tolist()[1]
+    with torch.no_grad():
+        spliced, hidden, logits = backbone_logits(
+            backbone, input_ids, mask, backbone.mm_projector(backbone.vision_features(images)), conv_to_image
+        )
+        pixel_values = backbone.image_processor()(list(images[conv_to_image]), return_tensors="pt")["pixel_values"]
+        reference = hf(
+            input_ids=expanded_ids(input_ids, config.image_token_id, backbone.image_token_count),
+            pixel_values=pixel_values,
+            attention_mask=spliced.attention_mask.long(),
+            output_hidden_states=True,
+        )
+    valid = spliced.attention_mask
+    torch.testing.assert_close(logits[valid], reference.logits[valid], rtol=0, atol=1e-5)
+    torch.testing.assert_close(hidden[valid], reference.hidden_states[-1][valid], rtol=0, atol=1e-5)
+
+
+def cached_vision_features(backbone: InternVLBackbone, images: torch.Tensor, root: Path) -> torch.Tensor:
+    """(B, N, D_v) features of ``images`` written to a feature cache at ``root`` and read back."""
+    features = backbone.vision_features(images)
+    layout = FeatureLayout("internvl", sam_shape=(1,), clip_shape=tuple(features.shape[1:]), dtype="float32")
+    keys = [image_key(torch.zeros((3, 1, 1), dtype=torch.uint8), image) for image in images]
+    with FeatureCacheWriter(root, layout, "test") as writer:
+        for key, image_features in zip(keys, features):
+            writer.add(key, torch.zeros(1), image_features)
+    return FeatureCache.open(root).get_batch(keys)[1]
+
+
+def test_cached_features_give_the_logits_and_loss_of_pixels(tokenizer, tmp_path):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
+    images = random_images(2)
+    conv_to_image = torch.tensor([0, 1])
+    input_ids, mask, labels = tokenized_rows(tokenizer, [TURNS, SHORT_TURNS])
+    results = []
+    with torch.no_grad():
+        cached = cached_vision_features(backbone, images, tmp_path / "cache")
+        for features in (backbone.vision_features(images), cached):
+            image_features = backbone.mm_projector(features)
+            spliced, _, logits = backbone_logits(backbone, input_ids, mask, image_features, conv_to_image, labels)
+            targets = spliced.labels[:, 1:].flatten()
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets, ignore_index=IGNORE_INDEX)
+            results.append((logits, loss))
+    (pixel_logits, pixel_loss), (cached_logits, cached_loss) = results
+    torch.testing.assert_close(cached_logits, pixel_logits, rtol=0, atol=0)
+    torch.testing.assert_close(cached_loss, pixel_loss, rtol=0, atol=0)
+
+
+def test_generate_states_equal_teacher_forced_states(tokenizer):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
+    images = random_images(2)
+    conv_to_image = torch.tensor([0, 1])
+    prompts = [[(TURNS[0][0], None)], [(SHORT_TURNS[0][0], None)]]
+    input_ids, mask, _ = tokenized_rows(tokenizer, prompts)
+    steps = 4
+    with torch.no_grad():
+        image_features = backbone.mm_projector(backbone.vision_features(images))
+        spliced = backbone.splice(input_ids, mask, image_features, conv_to_image)
+        embeds, left_mask = left_align(spliced.inputs_embeds, spliced.attention_mask)
+        output = backbone.language_model.generate(
+            inputs_embeds=embeds, attention_mask=left_mask.long(), max_new_tokens=steps, min_new_tokens=steps,
+            do_sample=False, num_beams=1, output_hidden_states=True, return_dict_in_generate=True,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        generated = output.sequences[:, -steps:]
+        producing = torch.stack([step[-1][:, -1] for step in output.hidden_states], dim=1)
+        lengths = mask.sum(1)
+        full_ids = torch.full((2, input_ids.shape[1] + steps), tokenizer.pad_token_id)
+        for row in range(2):
+            full_ids[row, : lengths[row] + steps] = torch.cat([input_ids[row, : lengths[row]], generated[row]])
+        full_mask = full_ids != tokenizer.pad_token_id
+        full_mask[:, : input_ids.shape[1]] = mask
+        teacher = backbone.splice(full_ids, full_mask, image_features, conv_to_image)
+        hidden = backbone.last_hidden_states(teacher.inputs_embeds, None)
+    for row in range(2):
+        first = int(lengths[row]) - 1 + backbone.image_token_count - 1
+        torch.testing.assert_close(producing[row], hidden[row, first : first + steps], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_added_tokens_keep_lm_head_consistent(tokenizer, tie):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer, tie=tie)))
+    language_model = backbone.language_model
+    assert ties_word_embeddings(language_model) == tie
+    old_head = language_model.get_output_embeddings().weight.detach().clone()
+    size = len(tokenizer) + 2
+    language_model.resize_token_embeddings(size, mean_resizing=False)
+    embeddings, head = language_model.get_input_embeddings().weight, language_model.get_output_embeddings().weight
+    assert embeddings.shape[0] == head.shape[0] == language_model.config.vocab_size == size
+    assert ties_word_embeddings(language_model) == tie
+    hidden = torch.randn(3, backbone.hidden_size)
+    logits = backbone.lm_logits(hidden)
+    assert logits.shape == (3, size)
+    if tie:
+        torch.testing.assert_close(logits, hidden @ embeddings.T)
+    else:
+        torch.testing.assert_close(head[: len(tokenizer)], old_head, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_load_round_trip(tokenizer, tmp_path, tie):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer, tie=tie)), mean, std)
+    backbone.language_model.resize_token_embeddings(len(tokenizer) + 2, mean_resizing=False)
+    backbone.save_pretrained(tmp_path / "internvl")
+    loaded = load_internvl(tmp_path / "internvl", torch.float32).eval()
+    assert (loaded.image_mean, loaded.image_std) == (mean, std)
+    assert ties_word_embeddings(loaded.language_model) == tie
+    images = random_images(2)
+    conv_to_image = torch.tensor([0, 1])
+    input_ids, mask, _ = tokenized_rows(tokenizer, [TURNS, SHORT_TURNS])
+    input_ids[0, 1] = len(tokenizer) + 1
+    with torch.no_grad():
+        results = [
+            backbone_logits(model, input_ids, mask, model.mm_projector(model.vision_features(images)), conv_to_image)[2]
+            for model in (backbone, loaded)
+        ]
+    assert results[1].shape[-1] == len(tokenizer) + 2
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_save_refuses_unmerged_lora(tokenizer, tmp_path):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj"]), backbone.language_model)
+    with pytest.raises(ValueError, match="merge"):
+        backbone.save_pretrained(tmp_path / "internvl")
+
+
+def lora_module_names(root: nn.Module) -> list[str]:
+    return [name for name, module in root.named_modules() if isinstance(module, LoraLayer)]
+
+
+@pytest.mark.parametrize("holder", ["language_model", "backbone", "gsva"])
+def test_lora_lands_only_in_the_language_model(tokenizer, holder):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
+    roots = {"language_model": (backbone.language_model, ""), "backbone": (backbone, "language_model."),
+             "gsva": (nn.ModuleDict({"mllm": backbone}), "mllm.language_model.")}
+    root, prefix = roots[holder]
+    target = backbone.lora_target_modules(["q_proj", "v_proj"])
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=target), root)
+    names = lora_module_names(root)
+    assert len(names) == 2 * backbone.language_model.config.num_hidden_layers
+    assert all(name.startswith(prefix + "model.layers.") for name in names)
+
+
+def test_bare_lora_names_also_reach_the_vision_tower(tokenizer):
+    backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), backbone)
+    assert any(name.startswith("vision_tower.") for name in lora_module_names(backbone))
+
+
+@pytest.mark.parametrize(
+    "config, model_type",
+    [(Qwen2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32), "qwen2"),
+     (LlavaConfig(), "llava")],
+)
+def test_a_checkpoint_of_another_kind_is_refused(tmp_path, config, model_type):
+    directory = tmp_path / "checkpoint"
+    config.save_pretrained(str(directory))
+    with pytest.raises(ValueError) as raised:
+        load_internvl(directory, torch.float32)
+    message = str(raised.value)
+    assert str(directory) in message and repr(model_type) in message and "'internvl'" in message
+
+
+def test_a_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_internvl(tmp_path, torch.float32)
+
+
+def test_chat_template_labels_only_the_answers(tokenizer):
+    template = ChatTemplate(tokenizer)
+    conversation = template.render(TURNS)
+    row = tokenize_conversation(conversation, tokenizer)
+    assert row.input_ids.count(IMAGE_TOKEN_INDEX) == 1
+    at = row.input_ids.index(IMAGE_TOKEN_INDEX)
+    assert row.input_ids[at - 1] == tokenizer.convert_tokens_to_ids(IMAGE_START_TOKEN)
+    assert row.input_ids[at + 1] == tokenizer.convert_tokens_to_ids(IMAGE_END_TOKEN)
+    supervised = [token for token in row.labels if token != IGNORE_INDEX]
+    assert tokenizer.decode(supervised) == "It is [SEG].<|im_end|>\n[REJ].<|im_end|>\n"
+    prompt = template.render([(TURNS[0][0], None)])
+    assert prompt.answer_spans == []
+    assert conversation.text[: conversation.answer_spans[0][0]] == prompt.text
+    assert prompt.text.endswith("<|im_start|>assistant\n")
