@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ from gsva.engine.export import write_merged
 from gsva.evaluation.benchmarks import parse_benchmark
 from gsva.evaluation.report import evaluate_benchmark
 from gsva.evaluation.settings import EvalSettings
+from gsva.inference import Segmenter
 from gsva.model.directory import load_trainable_weights, save_pretrained
 from gsva.pipeline import build_pipeline
 from tests.backbone_checkpoints import INTERNVL_IMAGE_SIZE, QWEN_IMAGE_SIZE, write_tiny_internvl, write_tiny_qwen2_5_vl
@@ -120,3 +122,14 @@ def test_a_resumable_evaluation_report_on_the_backbone(checkpoint, synthetic_roo
     report = settings.report_dir("grefcoco", "val")
     assert summary["num_records"] > 0 and (report / "metrics.json").is_file()
     assert len(list((report / "overlays").glob("*.png"))) == 1
+
+
+def test_inference_serves_a_model_directory_of_the_backbone(checkpoint, synthetic_root, tmp_path):
+    pipeline = build_pipeline(backbone_config(checkpoint, synthetic_root))
+    save_pretrained(pipeline.model, pipeline.cfg, tmp_path / "model")
+    segmenter = Segmenter.load(tmp_path / "model", torch.device("cpu"))
+    image = np.zeros((40, 48, 3), dtype=np.uint8)
+    asked = segmenter.ask("red shapes, blue", reasoning=False, question_template="please", size=image.shape[:2])
+    for protocol in ("teacher-forced", "generate"):
+        (prediction,) = segmenter.predict([image], [asked.query], protocol, max_new_tokens=6)
+        assert prediction.masks.shape == (2, 40, 48) and len(prediction.rejected) == 2

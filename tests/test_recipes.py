@@ -17,6 +17,14 @@ MODELS = {"vicuna7b": (8, "llava_v1"), "vicuna13b": (64, "llava_v1"), "llama2_13
 RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))
 
 
+BACKBONE_RECIPES = {"qwen2_5_vl_7b": "qwen2_5_vl", "internvl3_8b": "internvl"}
+"""GSVA's recipe on other multimodal LLMs -> their ``model.backbone``."""
+BACKBONE_KEYS = {
+    "run.output_dir", "model.backbone", "model.llava_path", "model.vision_tower_path", "data.conversation",
+    "data.clip_image_size", "model.init_weights",
+}
+"""What a backbone recipe may change in GSVA-Vicuna-7B's recipe of the same stage: nothing of the
+science (mixture, steps, batch, optimiser, loss, LoRA)."""
 STAGES = {"pretrain/gsva_{}.yaml": "pretrain", "finetune/grefcoco_{}.yaml": "grefcoco", "finetune/classic_res_{}.yaml": "classic_res"}
 """Recipe file pattern -> its stage."""
 
@@ -29,8 +37,9 @@ def _release_of(default: str) -> str:
 def test_every_recipe_is_shipped():
     names = {str(p.relative_to(REPO / "configs")) for p in RECIPES}
     defaults = {stage.format(m) for stage in STAGES for m in MODELS}
-    expected = defaults | {_release_of(name) for name in defaults} | {"tiny_synthetic.yaml", "tiny_synthetic_release.yaml"}
-    assert names == expected
+    backbones = {stage.format(b) for stage in ("pretrain/gsva_{}.yaml", "finetune/grefcoco_{}.yaml") for b in BACKBONE_RECIPES}
+    demos = {"tiny_synthetic.yaml", "tiny_synthetic_release.yaml", "tiny_synthetic_qwen.yaml"}
+    assert names == defaults | {_release_of(name) for name in defaults} | backbones | demos
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
@@ -218,3 +227,15 @@ def test_grefcoco_finetuning_lr_ends_where_each_recipe_says(model: str):
 def test_lr_decay_steps_below_the_warmup_is_refused():
     with pytest.raises(ConfigError, match="schedule.lr_decay_steps"):
         load_config(None, ["model.sam_type=tiny", "optim.warmup_steps=100", "schedule.lr_decay_steps=50"])
+
+
+@pytest.mark.parametrize("backbone", BACKBONE_RECIPES)
+@pytest.mark.parametrize("stage", ["pretrain/gsva_{}.yaml", "finetune/grefcoco_{}.yaml"])
+def test_backbone_recipes_keep_gsvas_steps_batch_and_loss(stage: str, backbone: str):
+    """A recipe on another backbone is GSVA-Vicuna-7B's recipe of its stage with only the MLLM
+    swapped, and says in its file that it is untested at scale."""
+    changed = _differences(stage.format("vicuna7b"), stage.format(backbone))
+    assert changed <= BACKBONE_KEYS, changed - BACKBONE_KEYS
+    cfg = load_config(REPO / "configs" / stage.format(backbone))
+    assert cfg.model.backbone == BACKBONE_RECIPES[backbone] and cfg.data.conversation == "chat_template"
+    assert "UNTESTED AT SCALE" in (REPO / "configs" / stage.format(backbone)).read_text()

@@ -8,11 +8,12 @@ tiny demo has no downloads, so it first makes both, from the synthetic set's per
 - SAM: image encoder + decoder trained to segment "all objects of colour c" from a learned
   prompt embedding per colour (and the union of two colours from the sum of their prompts);
   saved as a segment_anything ``.pth`` state dict.
-- LLaVA: a BPE tokenizer trained on the prompt vocabulary; a CLIP tower trained so that each patch
-  feature tells which colours cover the patch and which the image holds; then, CLIP frozen,
-  LLaMA + projector trained on "What colours are in this image?" and "Which of these colours are
-  in this image: …?" (answered name by name, "red: [YES], blue: [NO]."); saved in the original
-  LLaVA layout with its CLIP tower.
+- The MLLM (``model.backbone``: a LLaVA, or a Qwen2.5-VL): a BPE tokenizer trained on the prompt
+  vocabulary; the vision tower trained so that each image feature tells which colours cover its
+  patch and which the image holds; then, the tower frozen, the LLM (+ LLaVA's projector) trained on
+  "What colours are in this image?" and "Which of these colours are in this image: …?" (answered
+  name by name, "red: [YES], blue: [NO]."); saved as the checkpoint of its kind (the original
+  LLaVA layout with its CLIP tower, or a Qwen2.5-VL directory with a ChatML tokenizer).
 
 GSVA training then loads both through the same loaders that read real checkpoints.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -32,8 +34,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gsva.atomic import write_torch_atomic
-from gsva.config import Config
-from gsva.text.conversation import get_template
+from gsva.config import Config, ConfigError
+from gsva.text.conversation import CHAT_TEMPLATE, ConversationFormat, get_template
 from gsva.data.refer_seg.reader import ReferIndex
 from gsva.text.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_slots, question_text
 from gsva.data.samples import pad_sam_images, pad_sequences
@@ -44,6 +46,8 @@ from gsva.text.tokenizer import train_tiny_bpe
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
 from gsva.model.losses import bce_per_mask, dice_per_mask
 from gsva.model.mask_decoding import decode_masks, postprocess_masks
+from gsva.model.backbones import IMAGE_MARKERS, Backbone
+from gsva.model.backbones.qwen2_5_vl import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, make_chat_tokenizer
 from gsva.model.mllm import LlavaModel, build_tiny_llava, save_llava_checkpoint
 from gsva.model.pixels import normalize_sam_images
 from gsva.model.sam import build_tiny_sam
@@ -216,8 +220,10 @@ def sam_held_out_iou(cfg: Config, sam: torch.nn.Module, prompts: torch.nn.Embedd
 
 
 def tokenizer_corpus(colours: list[str], conversation: str) -> list[str]:
-    """Texts the tiny BPE is trained on: every prompt form the demo can produce."""
-    template = get_template(conversation)
+    """Texts the tiny BPE is trained on: every prompt form the demo can produce (with a chat
+    template, which needs the tokenizer being trained, written in LLaVA's conversation form: the
+    words are the same, the chat markers are atomic special tokens)."""
+    template = get_template("llava_v1" if conversation == CHAT_TEMPLATE else conversation)
     rng = random.Random(0)
     texts = [template.render([(COLOUR_QUESTION, "red, blue.")]).text]
     phrasings = ["{c}", "{c} shapes", "{c} objects", "anything {c}", "{c} and {d}", "{c} and {d} shapes"]
@@ -251,9 +257,9 @@ def _llava_conversation(colours: list[str], flags: list[bool], rng: random.Rando
     return CHECKLIST_QUESTION.format(names=", ".join(name for name, _ in names)), answer
 
 
-def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, llava: LlavaModel, generator: torch.Generator) -> None:
-    """Train the tiny CLIP tower (in place) so that each patch feature LLaVA reads (layer
-    ``select_layer``) tells which colours cover that patch and which colours the whole image holds,
+def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, backbone: Backbone, generator: torch.Generator) -> None:
+    """Train the tiny vision tower (in place: ``backbone.vision_encoder``) so that each image
+    feature the LLM reads (LLaVA: CLIP's layer ``select_layer``; Qwen2.5-VL: the merger's output) tells which colours cover that patch and which colours the whole image holds,
     as a real CLIP's patch tokens carry the image's content beside their own. Then check both on
     the held-out images: ``components.min_clip_patch_accuracy`` and
     ``components.min_clip_image_accuracy``.
@@ -262,21 +268,21 @@ def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, llava: Ll
     there red?" becomes a read of any patch instead of a search for the red ones (LLaVA stage of
     600 steps: held-out checklist accuracy 0.54 and 0.86 on two seeds with the patch's colours
     alone, 0.99 to 1.00 on four seeds with the image's colours too)."""
-    tower = llava.vision_tower
-    head = torch.nn.Linear(tower.config.hidden_size, 2 * len(data.colours))
+    tower = backbone.vision_encoder
+    head = torch.nn.Linear(backbone.vision_feature_shape(cfg.data.clip_image_size)[1], 2 * len(data.colours))
     steps = cfg.components.clip_steps
     update = OneCycleUpdater(list(tower.parameters()) + list(head.parameters()), cfg.components.clip_lr, steps)
     progress = tqdm(range(steps), desc="pretrain CLIP")
     for _ in progress:
         images = torch.randint(0, data.clip_images.shape[0], (cfg.components.batch_size,), generator=generator)
-        logits, targets = _patch_colour_logits(cfg, llava, head, data, images)
+        logits, targets = _patch_colour_logits(backbone, head, data, images)
         loss = F.binary_cross_entropy_with_logits(logits, targets)
         update(loss)
         progress.set_postfix(loss=f"{loss.item():.3f}")
     patch_correct, image_correct = [], []
     with torch.no_grad():
         for images in torch.arange(held_out.clip_images.shape[0]).split(cfg.components.batch_size):
-            logits, targets = _patch_colour_logits(cfg, llava, head, held_out, images)
+            logits, targets = _patch_colour_logits(backbone, head, held_out, images)
             correct = (logits > 0) == (targets > 0)
             patch_correct.append(correct[..., : len(data.colours)].all(-1).flatten())
             image_correct.append(correct[..., len(data.colours) :].all(-1).flatten())
@@ -287,13 +293,15 @@ def pretrain_clip(cfg: Config, data: ColourData, held_out: ColourData, llava: Ll
 
 
 def _patch_colour_logits(
-    cfg: Config, llava: LlavaModel, head: torch.nn.Linear, data: ColourData, images: torch.Tensor
+    backbone: Backbone, head: torch.nn.Linear, data: ColourData, images: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per patch of ``images`` (B,): logits (B, P, 2K) from the features LLaVA reads, and their
-    targets (B, P, 2K): the first K are 1 where the colour covers part of the patch, the last K
-    are 1 where the colour is anywhere in the image (the same for every patch)."""
-    grid = cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size
-    logits = head(llava.vision_features(data.clip_images[images]))
+    """Per image feature of ``images`` (B,) (a square grid of P, each over its patch): logits
+    (B, P, 2K) from the features the LLM reads, and their targets (B, P, 2K): the first K are 1
+    where the colour covers part of the patch, the last K are 1 where the colour is anywhere in the
+    image (the same for every patch)."""
+    features = backbone.vision_features(data.clip_images[images])
+    grid = math.isqrt(features.shape[1])
+    logits = head(features)
     in_patch = F.adaptive_max_pool2d(data.colour_masks[images].float(), grid).flatten(2).transpose(1, 2)
     in_image = data.present[images].float().unsqueeze(1).expand_as(in_patch)
     return logits, torch.cat([in_patch, in_image], dim=-1)
@@ -312,9 +320,9 @@ def draw_clip_images(spec: SyntheticSpec, clip_image_size: int, count: int, rng:
 
 
 def _answer_logits(
-    llava: LlavaModel,
+    backbone: Backbone,
     tokenizer,
-    template,
+    prompts: DemoPrompts,
     clip_images: torch.Tensor,
     conversations: list[tuple[str, str]],
     patch_order: torch.Tensor | None = None,
@@ -324,26 +332,27 @@ def _answer_logits(
     ids (A,). ``patch_order`` (B, P), when given, reorders each image's P patch features before
     they are spliced in."""
     encoded = [
-        tokenize_conversation(template.render([(IMAGE_PLACEHOLDER + "\n" + question, answer)]), tokenizer)
+        tokenize_conversation(prompts.template.render([(prompts.image_marker + "\n" + question, answer)]), tokenizer)
         for question, answer in conversations
     ]
     input_ids, labels, mask = pad_sequences(
         [item.input_ids for item in encoded], [item.labels for item in encoded], tokenizer.pad_token_id
     )
-    features = llava.encode_images(clip_images)
+    features = backbone.mm_projector(backbone.vision_features(clip_images))
     if patch_order is not None:
         features = features.gather(1, patch_order.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-    spliced = llava.splice(input_ids, mask, features, torch.arange(len(encoded)), labels)
-    hidden = llava.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
+    spliced = backbone.splice(input_ids, mask, features, torch.arange(len(encoded)), labels)
+    hidden = backbone.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask, spliced.token_ids)
     targets = spliced.labels[:, 1:]
     supervised = targets != IGNORE_INDEX
-    return llava.lm_logits(hidden[:, :-1][supervised]), targets[supervised]
+    return backbone.lm_logits(hidden[:, :-1][supervised]), targets[supervised]
 
 
 def pretrain_llava(
     cfg: Config, data: ColourData, held_out: ColourData, tokenizer, generator: torch.Generator
-) -> LlavaModel:
-    """Pretrain CLIP, then train the projector + LLM with CLIP frozen (as LLaVA is trained) to
+) -> Backbone:
+    """Build the tiny MLLM of ``model.backbone``, pretrain its vision tower, then train the LLM (+
+    LLaVA's projector) with the tower frozen (as LLaVA is trained) to
     answer colour questions, then check its held-out checklist accuracy against
     ``components.min_checklist_accuracy``.
 
@@ -352,38 +361,38 @@ def pretrain_llava(
     colours an image holds does not depend on where. The LLM can only lower its loss by finding the
     colours by content; on a fixed set of images it could memorise them instead (a low training
     loss with a held-out checklist accuracy of 0.73 on one seed)."""
-    llava = build_tiny_llava(cfg.model.tiny, len(tokenizer), cfg.data.clip_image_size, use_im_start_end=False)
-    pretrain_clip(cfg, data, held_out, llava, generator)
-    llava.vision_tower.requires_grad_(False)
-    trained = list(llava.language_model.parameters()) + list(llava.mm_projector.parameters())
+    backbone = build_tiny_backbone(cfg, tokenizer)
+    pretrain_clip(cfg, data, held_out, backbone, generator)
+    backbone.vision_encoder.requires_grad_(False)
+    trained = list(backbone.language_model.parameters()) + list(backbone.mm_projector.parameters())
     steps = cfg.components.llava_steps
     update = OneCycleUpdater(trained, cfg.components.llava_lr, steps)
-    template = get_template(cfg.data.conversation)
+    prompts = demo_prompts(cfg, tokenizer)
     rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
     image_rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    patches = (cfg.data.clip_image_size // cfg.model.tiny.clip_patch_size) ** 2
+    patches = backbone.vision_feature_shape(cfg.data.clip_image_size)[0]
     progress = tqdm(range(steps), desc="pretrain LLaVA")
     for _ in progress:
         clip_images, present = draw_clip_images(data.spec, cfg.data.clip_image_size, cfg.components.batch_size, image_rng)
         conversations = [_llava_conversation(data.colours, flags, rng) for flags in present.tolist()]
         patch_order = torch.rand(len(conversations), patches, generator=generator).argsort(dim=1)
-        logits, targets = _answer_logits(llava, tokenizer, template, clip_images, conversations, patch_order)
+        logits, targets = _answer_logits(backbone, tokenizer, prompts, clip_images, conversations, patch_order)
         loss = F.cross_entropy(logits, targets)
         update(loss)
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    accuracy = checklist_held_out_accuracy(cfg, llava, tokenizer, held_out)
+    accuracy = checklist_held_out_accuracy(cfg, backbone, tokenizer, held_out)
     check_quality("pretrain LLaVA", "checklist accuracy (mean of present and absent colours)", accuracy,
                   cfg.components.min_checklist_accuracy, "components.min_checklist_accuracy", "components.llava_steps")
-    return llava
+    return backbone
 
 
 @torch.no_grad()
-def checklist_held_out_accuracy(cfg: Config, llava: LlavaModel, tokenizer, held_out: ColourData) -> float:
+def checklist_held_out_accuracy(cfg: Config, backbone: Backbone, tokenizer, held_out: ColourData) -> float:
     """Every colour asked of every held-out image (checklists of up to ``MAX_CHECKLIST`` single
     colours, in a fixed shuffled order): the [YES]/[NO] decision read off the teacher-forced
     logits. Returns the mean of the accuracies on present and on absent colours (balanced: absent
     colours are the majority)."""
-    template = get_template(cfg.data.conversation)
+    prompts = demo_prompts(cfg, tokenizer)
     yes, no = tokenizer.convert_tokens_to_ids([YES_TOKEN, NO_TOKEN])
     rng = random.Random(0)
     correct = {True: [], False: []}
@@ -398,13 +407,56 @@ def checklist_held_out_accuracy(cfg: Config, llava: LlavaModel, tokenizer, held_
                 answer = ", ".join(f"{name}: {YES_TOKEN if present[name] else NO_TOKEN}" for name in names) + "."
                 conversations.append((CHECKLIST_QUESTION.format(names=", ".join(names)), answer))
                 batch_images.append(image)
-        logits, targets = _answer_logits(llava, tokenizer, template, held_out.clip_images[batch_images], conversations)
+        logits, targets = _answer_logits(backbone, tokenizer, prompts, held_out.clip_images[batch_images], conversations)
         decisions = targets.eq(yes) | targets.eq(no)
         said_yes = logits[decisions][:, yes] > logits[decisions][:, no]
         truth = targets[decisions] == yes
         for is_present in (True, False):
             correct[is_present].append((said_yes == truth)[truth == is_present])
     return 0.5 * sum(torch.cat(correct[flag]).float().mean().item() for flag in (True, False))
+
+
+TINY_BACKBONES = ("llava", "qwen2_5_vl")
+"""``model.backbone`` kinds the tiny components can be (``auto`` = llava)."""
+
+
+def tiny_backbone_kind(cfg: Config) -> str:
+    """The kind of MLLM the components stage builds: ``model.backbone`` (``auto`` = llava)."""
+    kind = "llava" if cfg.model.backbone == "auto" else cfg.model.backbone
+    if kind not in TINY_BACKBONES:
+        raise ConfigError(f"model.backbone={kind!r}: the tiny components are one of {list(TINY_BACKBONES)}")
+    return kind
+
+
+def train_tiny_tokenizer(cfg: Config, colours: list[str], directory: Path):
+    """The tiny BPE of the demo's prompts, saved in ``directory``: LLaMA's conventions for a
+    LLaVA, Qwen's special tokens and ChatML template for a Qwen2.5-VL."""
+    qwen = tiny_backbone_kind(cfg) == "qwen2_5_vl"
+    extra = (YES_TOKEN, NO_TOKEN) + (QWEN_SPECIAL_TOKENS if qwen else ())
+    tokenizer = train_tiny_bpe(tokenizer_corpus(colours, cfg.data.conversation), cfg.model.tiny.vocab_size, directory, extra_tokens=extra)
+    return make_chat_tokenizer(tokenizer, directory) if qwen else tokenizer
+
+
+def build_tiny_backbone(cfg: Config, tokenizer) -> Backbone:
+    """A randomly initialised tiny MLLM of ``model.backbone`` (``tiny_backbone_kind``)."""
+    if tiny_backbone_kind(cfg) == "qwen2_5_vl":
+        return build_tiny_qwen2_5_vl(cfg.model.tiny, tokenizer, cfg.data.clip_image_size)
+    return build_tiny_llava(cfg.model.tiny, len(tokenizer), cfg.data.clip_image_size, use_im_start_end=False)
+
+
+@dataclass(frozen=True)
+class DemoPrompts:
+    """How the components stage writes its conversations: the template and the image marker."""
+
+    template: ConversationFormat
+    image_marker: str
+
+
+def demo_prompts(cfg: Config, tokenizer) -> DemoPrompts:
+    """``data.conversation``'s template (a chat template: ``tokenizer``'s) and the backbone's image
+    marker (LLaVA: the bare placeholder)."""
+    marker = IMAGE_MARKERS.get(tiny_backbone_kind(cfg), IMAGE_PLACEHOLDER)
+    return DemoPrompts(get_template(cfg.data.conversation, tokenizer), marker)
 
 
 def prepare_components(cfg: Config) -> ComponentPaths:
@@ -427,13 +479,11 @@ def _pretrain_and_save(cfg: Config, paths: ComponentPaths) -> None:
     held_out = load_colour_data(cfg, cfg.components.held_out_split)
     sam = pretrain_sam(cfg, data, held_out, generator)
     paths.sam_checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tiny_bpe(
-        tokenizer_corpus(data.colours, cfg.data.conversation),
-        cfg.model.tiny.vocab_size,
-        paths.llava_dir,
-        extra_tokens=(YES_TOKEN, NO_TOKEN),
-    )
-    llava = pretrain_llava(cfg, data, held_out, tokenizer, generator)
-    save_llava_checkpoint(llava, paths.llava_dir, paths.clip_dir)
+    tokenizer = train_tiny_tokenizer(cfg, data.colours, paths.llava_dir)
+    backbone = pretrain_llava(cfg, data, held_out, tokenizer, generator)
+    if isinstance(backbone, LlavaModel):
+        save_llava_checkpoint(backbone, paths.llava_dir, paths.clip_dir)
+    else:
+        backbone.save_pretrained(paths.llava_dir)
     write_torch_atomic(paths.sam_checkpoint, sam.state_dict())  # last: it marks the components complete
     LOGGER.info("tiny components ready in %.0fs", time.time() - start)

@@ -186,7 +186,7 @@ class LlavaModel(nn.Module):
         }
 
 
-def _scale_tiny_init(language_model: nn.Module) -> None:
+def scale_tiny_init(language_model: nn.Module) -> None:
     """Re-initialise a tiny decoder at unit scale: N(0, 1/fan_in) linears and N(0, 1) embeddings.
 
     LLaMA's N(0, 0.02) suits 4096-wide layers; at width 128 it leaves attention so flat that the
@@ -223,7 +223,7 @@ def build_tiny_llava(dims: TinyDims, vocab_size: int, clip_image_size: int, use_
             pad_token_id=0,
         )
     )
-    _scale_tiny_init(language_model)
+    scale_tiny_init(language_model)
     vision_tower = CLIPVisionModel(
         CLIPVisionConfig(
             hidden_size=dims.clip_hidden_size,

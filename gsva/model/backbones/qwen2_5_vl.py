@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
@@ -36,9 +36,11 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLTextModel,
 )
 
-from gsva.model.hf_loading import load_checked
-from gsva.model.pixels import normalize_clip_images
+from gsva.config import TinyDims
 from gsva.model.generation import GreedyGeneration
+from gsva.model.hf_loading import load_checked
+from gsva.model.mllm import scale_tiny_init
+from gsva.model.pixels import normalize_clip_images
 from gsva.model.splicing import SplicedInputs, splice_image_features, spliced_positions
 from gsva.text.special_tokens import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 
@@ -301,3 +303,56 @@ def load_qwen2_5_vl(path: str | Path, dtype: torch.dtype) -> Qwen25VLBackbone:
         )
     return Qwen25VLBackbone.from_hf(load_checked(Qwen2_5_VLForConditionalGeneration, path, dtype))
 
+
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", IMAGE_PAD_TOKEN, "<|video_pad|>",
+)
+"""Qwen2.5-VL's special tokens (a tiny tokenizer gets them as atomic entries)."""
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""Qwen's ChatML chat template for text content, the chat template of a tiny Qwen tokenizer."""
+
+
+def make_chat_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> PreTrainedTokenizerBase:
+    """Give a tiny tokenizer (trained with ``QWEN_SPECIAL_TOKENS`` as extra tokens) Qwen's
+    conventions: no BOS, eos ``<|im_end|>``, pad ``<|endoftext|>``, the ChatML template; saved to
+    ``directory``."""
+    tokenizer.bos_token = None
+    tokenizer.eos_token, tokenizer.pad_token, tokenizer.chat_template = "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def build_tiny_qwen2_5_vl(dims: TinyDims, tokenizer: PreTrainedTokenizerBase, image_size: int) -> Qwen25VLBackbone:
+    """A randomly initialised Qwen2.5-VL of the tiny dims: vision tower of ``clip_*`` sizes on
+    ``clip_patch_size`` patches merged 2x2 (one attention window over the ``image_size`` image),
+    Qwen2.5 decoder of ``llm_*`` sizes re-initialised at unit scale (``scale_tiny_init``);
+    ``tokenizer`` holds ``QWEN_SPECIAL_TOKENS``."""
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    half_head = dims.llm_hidden_size // dims.llm_heads // 2
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=dims.llm_hidden_size, intermediate_size=dims.llm_intermediate_size,
+            num_hidden_layers=dims.llm_layers, num_attention_heads=dims.llm_heads, num_key_value_heads=dims.llm_heads,
+            max_position_embeddings=dims.llm_max_position_embeddings, rms_norm_eps=1e-6, bos_token_id=None,
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            rope_parameters={"rope_type": "default", "mrope_section": [half_head // 4, half_head * 3 // 8, half_head * 3 // 8],
+                             "rope_theta": 10000.0},
+        ),
+        vision_config=dict(
+            depth=dims.clip_layers, hidden_size=dims.clip_hidden_size, intermediate_size=4 * dims.clip_hidden_size,
+            num_heads=dims.clip_heads, patch_size=dims.clip_patch_size, out_hidden_size=dims.llm_hidden_size,
+            window_size=image_size, fullatt_block_indexes=list(range(dims.clip_layers)),
+        ),
+        image_token_id=ids[IMAGE_PAD_TOKEN], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
+    )
+    backbone = Qwen25VLBackbone.from_hf(Qwen2_5_VLForConditionalGeneration(config))
+    scale_tiny_init(backbone.language_model)
+    return backbone
