@@ -156,6 +156,10 @@ class DataConfig:
     or ``chat_template``, the checkpoint tokenizer's own chat template (Qwen2.5-VL, InternVL)."""
     sam_image_size: int = 1024
     clip_image_size: int = 224
+    clip_preprocess: Literal["crop", "pad"] = "crop"
+    """How an image becomes the MLLM's ``clip_image_size`` square: ``crop`` = shortest side resized,
+    centre crop (CLIP's processor, as LLaVA-1.1 and GSVA); ``pad`` = padded to a square with the
+    processor's mean colour, then resized (LLaVA-1.5's ``image_aspect_ratio: pad``)."""
     model_max_length: int = 512
     """Tokens per conversation before the image placeholder becomes the image's patch tokens: a
     dialogue is cut there, a training prompt drops whole targets to fit. The authors' released code

@@ -40,7 +40,7 @@ from gsva.text.prompts import (
 )
 from gsva.data.samples import ConversationSample, ImageSample
 from gsva.text.tokenization import TokenizedConversation, tokenize_conversation
-from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
+from gsva.data.transforms import CLIP_PREPROCESSING, read_rgb, sam_resize
 from gsva.text.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN
 
 
@@ -53,6 +53,8 @@ class SampleSettings:
 
     sam_image_size: int = 1024
     clip_image_size: int = 224
+    clip_preprocess: str = "crop"
+    """``data.clip_preprocess``: ``crop`` or ``pad`` (``CLIP_PREPROCESSING``)."""
     max_tokens: int = 512
     """Tokens per conversation before the image placeholder is expanded: dialogues are cut there,
     a training segmentation prompt drops targets from its end until it fits (a slot is never cut),
@@ -90,6 +92,7 @@ class SampleSettings:
         return cls(
             sam_image_size=data.sam_image_size,
             clip_image_size=data.clip_image_size,
+            clip_preprocess=data.clip_preprocess,
             max_tokens=data.model_max_length,
             num_classes_per_sample=data.num_classes_per_sample,
             absent_class_rate=data.absent_class_rate,
@@ -422,7 +425,7 @@ class SampleBuilder:
         sam_image = sam_resize(image, self.settings.sam_image_size)
         return ImageSample(
             sam_image=sam_image,
-            clip_image=clip_resize_crop(image, self.settings.clip_image_size),
+            clip_image=CLIP_PREPROCESSING[self.settings.clip_preprocess](image, self.settings.clip_image_size),
             original_size=(image.shape[0], image.shape[1]),
             resized_size=(sam_image.shape[1], sam_image.shape[2]),
             conversations=conversations,

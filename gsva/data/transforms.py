@@ -63,6 +63,28 @@ def clip_resize_crop(image: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(resized[top : top + size, left : left + size])).permute(2, 0, 1)
 
 
+CLIP_MEAN_COLOUR = (122, 116, 104)
+"""CLIP's pixel mean (0.48145466, 0.4578275, 0.40821073) as uint8 RGB (``int(255 * mean)``): the
+colour LLaVA-1.5 pads its images to a square with."""
+
+
+def clip_pad_resize(image: np.ndarray, size: int, fill: tuple[int, int, int] = CLIP_MEAN_COLOUR) -> torch.Tensor:
+    """image: (H, W, 3) uint8 RGB -> (3, size, size) uint8: centred on a square of its longest side
+    filled with ``fill`` (LLaVA-1.5's ``expand2square``: the offset rounds down), then resized to
+    ``size`` (the CLIP processor's bicubic resize; its centre crop is then a no-op)."""
+    height, width = image.shape[:2]
+    side = max(height, width)
+    square = np.empty((side, side, 3), dtype=np.uint8)
+    square[:] = fill
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top : top + height, left : left + width] = image
+    return clip_resize_crop(square, size)
+
+
+CLIP_PREPROCESSING = {"crop": clip_resize_crop, "pad": clip_pad_resize}
+"""``data.clip_preprocess`` -> (H, W, 3) uint8 image, size -> (3, size, size) uint8."""
+
+
 def read_rgb(path: str) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB; ``BadSampleError`` when the file is missing or
     cannot be decoded."""
