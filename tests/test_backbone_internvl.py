@@ -26,7 +26,7 @@ from gsva.model.backbones.internvl import (
 from gsva.model.generation import left_align
 from gsva.text.conversation import ChatTemplate
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from gsva.text.tokenization import tokenize_conversation
+from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.tokenizer import load_tokenizer, train_tiny_bpe
 
 TILE = 28

@@ -33,7 +33,7 @@ from gsva.model.build import resize_token_rows
 from gsva.model.pixels import CLIP_MEAN, CLIP_STD, normalize_clip_images
 from gsva.text.conversation import ChatTemplate
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from gsva.text.tokenization import tokenize_conversation
+from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.tokenizer import add_task_tokens, load_tokenizer, train_tiny_bpe
 
 IMAGE_SIZE = 112

@@ -18,7 +18,7 @@ from gsva.model.backbones.qwen2_5_vl import IMAGE_MARKER as QWEN_IMAGE_MARKER
 from gsva.text.conversation import CHAT_TEMPLATE, ChatTemplate, get_template
 from gsva.text.prompts import PromptSettings, question_text
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, REJ_TOKEN, SEG_TOKEN
-from gsva.text.tokenization import TokenizedConversation, tokenize_conversation
+from gsva.text.conversation_tokens import TokenizedConversation, tokenize_conversation
 from gsva.text.tokenizer import add_task_tokens, load_tokenizer, train_tiny_bpe
 from gsva.text.vocabulary import build_vocabulary
 

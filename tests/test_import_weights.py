@@ -16,7 +16,6 @@ import torch
 
 from gsva.config import load_config
 from gsva.pipeline import build_pipeline
-from gsva.model import released_import
 from gsva.model.released import (
     ReleasedWeightsError,
     mapped_state,
@@ -99,7 +98,7 @@ def test_gsva_bin_imports_exactly(released_bases, tmp_path, naming):
     source = gsva_state(naming)
     torch.save(source, tmp_path / "gsva-7b-ft-gres.bin")
     out = tmp_path / "imported"
-    assert released_import.main(import_args("gsva-bin", tmp_path / "gsva-7b-ft-gres.bin", released_bases, out)) == 0
+    assert run_script("import_weights", import_args("gsva-bin", tmp_path / "gsva-7b-ft-gres.bin", released_bases, out)) == 0
     cfg = load_config(out / "config.yaml")
     assert (cfg.model.sam_type, cfg.model.finetune, cfg.model.lora_r, cfg.model.use_rej_token) == ("tiny", "lora", 8, True)
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.model.precision == "fp32"
@@ -142,8 +141,7 @@ def test_missing_misshaped_and_unplaced_keys_are_reported_and_refused(released_b
     assert map_released_state(source, "gsva-bin", expected).ok
 
     torch.save(broken, tmp_path / "broken.bin")
-    script = released_import
-    assert script.main(import_args("gsva-bin", tmp_path / "broken.bin", released_bases, tmp_path / "out")) == 1
+    assert run_script("import_weights", import_args("gsva-bin", tmp_path / "broken.bin", released_bases, tmp_path / "out")) == 1
     assert not (tmp_path / "out").exists()
 
 
@@ -152,8 +150,7 @@ def test_token_rows_must_match_the_tokenizer(released_bases, tmp_path):
     for key in ("base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"):
         source[key] = source[key][: BASE_VOCAB + 3]  # a file without one of the four task tokens
     torch.save(source, tmp_path / "gsva.bin")
-    script = released_import
-    assert script.main(import_args("gsva-bin", tmp_path / "gsva.bin", released_bases, tmp_path / "out")) == 1
+    assert run_script("import_weights", import_args("gsva-bin", tmp_path / "gsva.bin", released_bases, tmp_path / "out")) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -31,10 +31,9 @@ from gsva.pipeline import build_pipeline
 from gsva.text.conversation import get_template
 from gsva.text.prompts import RELEASE_PHRASING, PromptSettings
 from gsva.text.special_tokens import IGNORE_INDEX, IM_END_TOKEN, IM_START_TOKEN, IMAGE_PLACEHOLDER, REJ_TOKEN, SEG_TOKEN
-from gsva.text.tokenization import tokenize_conversation
+from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.tokenizer import add_task_tokens, load_tokenizer
 from tests.conftest import tiny_config
-from tests.formats import write_every_dataset
 from tests.formats.semseg_formats import MAPILLARY_UNLABELED
 from tests.formats.vqa_reason_formats import KITCHEN_EXPLANATION
 from tests.parity_kit import KIT, requires_kit
@@ -175,13 +174,6 @@ def release_ids(tokenizer, texts: list[str], exists: list[bool], joiner: str = "
     forms = {tuple(tokenized(tokenizer, text).input_ids): form for text, form in rendered.items()}
     assert len(forms) == len(RELEASE_PHRASING.questions) * len(RELEASE_PHRASING.answers)
     return forms
-
-
-@pytest.fixture(scope="module")
-def every_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("every_dataset")
-    write_every_dataset(root)
-    return root
 
 
 # ------------------------------------------------------------------------------------- prompts

@@ -17,14 +17,13 @@ import yaml
 from safetensors.torch import load_file
 
 from gsva.config import ConfigError, load_config
-from gsva.model import released_import
 from gsva.model.build import resolve_image_markers
 from gsva.model.mllm import build_tiny_llava, save_llava_checkpoint
 from gsva.model.directory import load_trainable_weights, save_pretrained, write_config
 from gsva.model.released import authors_token_ids
 from gsva.pipeline import build_pipeline, from_pretrained
 from gsva.text.special_tokens import IMAGE_TOKEN_INDEX
-from tests.conftest import TINY_CONFIG, tiny_config
+from tests.conftest import TINY_CONFIG, run_script, tiny_config
 from tests.test_import_weights import assert_model_equals_source, gsva_state, import_args
 from tests.test_model import make_batch
 
@@ -197,7 +196,7 @@ def test_import_keeps_the_released_projector_and_honours_the_markers_key(release
     paths = {**released_bases, "llava": llava, "yaml": tmp_path / "release.yaml"}
 
     out = tmp_path / "imported"
-    assert released_import.main(import_args("gsva-bin", tmp_path / "gsva.bin", paths, out)) == 0
+    assert run_script("import_weights", import_args("gsva-bin", tmp_path / "gsva.bin", paths, out)) == 0
     model = load_config(out / "config.yaml").model
     assert (model.mm_projector_init, model.use_im_start_end) == ("pretrained", True)
     assert_model_equals_source(out, source, "gsva-bin")

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from gsva.text.conversation import get_template
 from gsva.text.prompts import format_slots, question_text
-from gsva.text.tokenization import tokenize_conversation
+from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.tokenizer import add_task_tokens, load_tokenizer
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 

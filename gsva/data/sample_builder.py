@@ -39,7 +39,7 @@ from gsva.text.prompts import (
     question_text,
 )
 from gsva.data.samples import ConversationSample, ImageSample
-from gsva.text.tokenization import TokenizedConversation, tokenize_conversation
+from gsva.text.conversation_tokens import TokenizedConversation, tokenize_conversation
 from gsva.data.transforms import CLIP_PREPROCESSING, read_rgb, sam_resize
 from gsva.text.special_tokens import IMAGE_PLACEHOLDER, REJ_TOKEN
 

@@ -41,7 +41,7 @@ from gsva.text.prompts import ANSWERS, EVAL_QUESTIONS, TRAIN_QUESTIONS, format_s
 from gsva.data.samples import pad_sam_images, pad_sequences
 from gsva.config_demo import SyntheticSpec
 from gsva.demo.synthetic import DATASET_NAME, attributes_path, render_image
-from gsva.text.tokenization import tokenize_conversation
+from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.tokenizer import train_tiny_bpe
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
 from gsva.model.losses import bce_per_mask, dice_per_mask

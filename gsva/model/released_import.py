@@ -1,33 +1,26 @@
-"""Import the authors' released weights into the files ``eval.py`` reads (nothing else needed at run time).
+"""Import the authors' released weights into a GSVA model directory that ``eval.py`` reads (nothing
+else needed at run time): the library side of ``scripts/import_weights.py``.
 
-    python scripts/import_weights.py --format gsva-bin --weights gsva-7b-ft-gres.bin \\
-        --llava checkpoints/LLaVA-Lightning-7B-v1-1 --vision-tower checkpoints/clip-vit-large-patch14 \\
-        --out runs/imported/gsva-7b-ft-gres
-    python scripts/import_weights.py --format lisa-hf --weights LISA-7B-v1/ \\
-        --vision-tower checkpoints/clip-vit-large-patch14 --out runs/imported/lisa-7b-v1
-    python eval.py --weights runs/imported/gsva-7b-ft-gres --benchmark grefcoco:val --prompt-style gsva_release \\
-        data.dataset_dir=/data
-
-Written under ``--out``: ``llava/`` (original LLaVA layout: config.json and tokenizer from
-``--llava`` — the LISA directory itself for lisa-hf — and the decoder base weights, embeddings,
-lm_head and projector from the released file; LoRA is NOT merged), ``clip/`` (config from
-``--vision-tower``, weights from the released file), ``sam.pth`` (segment_anything layout, type
+Written under ``out``: ``llava/`` (original LLaVA layout: config.json and tokenizer from the LLaVA
+directory, the LISA directory itself for lisa-hf, and the decoder base weights, embeddings,
+lm_head and projector from the released file; LoRA is NOT merged), ``clip/`` (config from the
+vision tower directory, weights from the released file), ``sam.pth`` (segment_anything layout, type
 inferred from the shapes), ``model.safetensors`` (the trainable weights: LoRA, embeddings, lm_head,
-mask decoder, query projector) and ``config.yaml``. The key-mapping report is printed; any
-unplaced, missing or mis-shaped key, or a tokenizer whose task-token ids differ from the rows of
-the file, exits with status 1 before anything is written.
+mask decoder, query projector) and ``config.yaml``. Any unplaced, missing or mis-shaped key, or a
+tokenizer whose task-token ids differ from the rows of the file, refuses the import before anything
+is written.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from gsva.config import load_config
+from gsva.config import ModelConfig, load_config
 from gsva.text.tokenizer import add_task_tokens, load_tokenizer, task_token_strings
 from gsva.model import released
 from gsva.model.build import resolve_image_markers
@@ -42,24 +35,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 LISA_ONLY_FIELDS = ("out_dim", "train_mask_decoder", "vision_pretrained", "seg_token_idx", "vision_tower")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--format", required=True, choices=released.RELEASED_FORMATS,
-                        help="gsva-bin: the authors' single .bin of the PEFT model; lisa-hf: LISA's merged HF directory")
-    parser.add_argument("--weights", required=True, help="gsva-*.bin file, or the LISA directory")
-    parser.add_argument("--llava", default=None,
-                        help="LLaVA directory whose config.json and tokenizer the released model was trained from "
-                             "(required for gsva-bin; default for lisa-hf: the LISA directory)")
-    parser.add_argument("--vision-tower", required=True, help="local CLIP directory (its config.json is used)")
-    parser.add_argument("--out", required=True, help="output directory (eval.py --weights <out>)")
-    parser.add_argument("--config", default=None,
-                        help="base YAML for everything not read from the weights (default: the built-in defaults)")
-    parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha of the released run (not stored in the file)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="model.precision of the written config (the published numbers are fp32)")
-    return parser.parse_args(argv)
 
 
 def check_token_rows(tokenizer_dir: Path, tokens: list[str], rows: int, model_max_length: int) -> dict[str, int]:
@@ -77,74 +52,74 @@ def check_token_rows(tokenizer_dir: Path, tokens: list[str], rows: int, model_ma
     return ours
 
 
-def run(args: argparse.Namespace) -> int:
-    weights = Path(args.weights)
-    llava_dir = Path(args.llava) if args.llava else (weights if args.format == "lisa-hf" else None)
+@dataclass(frozen=True)
+class ImportRequest:
+    """What to import (the command line of ``scripts/import_weights.py``)."""
+
+    fmt: str
+    """``released.RELEASED_FORMATS``: gsva-bin or lisa-hf."""
+    weights: Path
+    vision_tower: Path
+    out: Path
+    llava: Path | None = None
+    """Required for gsva-bin; lisa-hf defaults to the LISA directory itself."""
+    config: Path | None = None
+    lora_alpha: int = 16
+    precision: str = "fp32"
+
+
+def import_released(request: ImportRequest, log: Callable[[str], None] = print) -> Path:
+    """Import the released weights of ``request`` into the model directory ``request.out``; the
+    key-mapping report goes to ``log``. ``ReleasedWeightsError`` (nothing written) when a key is
+    unplaced, missing or mis-shaped, or the tokenizer's task-token ids differ from the file's rows."""
+    llava_dir = request.llava or (request.weights if request.fmt == "lisa-hf" else None)
     if llava_dir is None:
-        print("--llava is required for --format gsva-bin", file=sys.stderr)
-        return 1
+        raise released.ReleasedWeightsError("the gsva-bin format needs the LLaVA directory it was trained from (--llava)")
     llava_config = json.loads((llava_dir / "config.json").read_text())
     for key in LISA_ONLY_FIELDS:
         llava_config.pop(key, None)
-
-    source = released.read_released_state(weights, args.format)
-    rows = released.embedding_rows(source, args.format)
-    lora_r, targets = released.infer_lora(source, args.format)
-    out = Path(args.out).resolve()
-    cfg = load_config(args.config, [f"model.sam_checkpoint={out / 'sam.pth'}"])
-    model_cfg = dataclasses.replace(
-        cfg.model,
-        sam_type=released.infer_sam_type(source, args.format),
-        finetune="lora" if lora_r else "frozen",  # merged weights (lisa-hf) carry no adapters
-        lora_r=lora_r or cfg.model.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_target_modules=targets or list(cfg.model.lora_target_modules),
-        use_rej_token=args.format == "gsva-bin",
-        seg_token_mode="shared",
-        init_weights=None,
-        precision=args.precision,
-        gradient_checkpointing=False,
-        mm_projector_init="pretrained",  # llava/ holds the released projector: it must not be redrawn
-    )
+    source = released.read_released_state(request.weights, request.fmt)
+    rows = released.embedding_rows(source, request.fmt)
+    out = request.out.resolve()
+    cfg = load_config(request.config, [f"model.sam_checkpoint={out / 'sam.pth'}"])
+    model_cfg = released_model_config(cfg.model, source, request)
     image_markers = resolve_image_markers(model_cfg.use_im_start_end, llava_config)
     tokens = task_token_strings("shared", 0, model_cfg.use_rej_token, image_markers)
     token_ids = check_token_rows(llava_dir, tokens, rows, cfg.data.model_max_length)
     llava_config["vocab_size"] = rows
-
-    skeleton = released.model_skeleton(llava_config, args.vision_tower, model_cfg, cfg.data.sam_image_size)
-    report = released.map_released_state(source, args.format, released.expected_shapes(skeleton))
-    print(f"{weights} ({args.format}): sam_type {model_cfg.sam_type}, lora_r {lora_r} on {targets}, "
-          f"{rows} token rows, task tokens {token_ids}")
-    print(report.summary())
+    skeleton = released.model_skeleton(llava_config, request.vision_tower, model_cfg, cfg.data.sam_image_size)
+    report = released.map_released_state(source, request.fmt, released.expected_shapes(skeleton))
+    log(f"{request.weights} ({request.fmt}): sam_type {model_cfg.sam_type}, lora_r {model_cfg.lora_r} on "
+        f"{model_cfg.lora_target_modules}, {rows} token rows, task tokens {token_ids}")
+    log(report.summary())
     if not report.ok:
-        print("import refused: fix the keys above (nothing written)", file=sys.stderr)
-        return 1
-
-    paths = released.write_imported(released.mapped_state(source, report), skeleton, llava_config, args.vision_tower, out)
+        raise released.ReleasedWeightsError("import refused: fix the keys above (nothing written)")
+    paths = released.write_imported(released.mapped_state(source, report), skeleton, llava_config, request.vision_tower, out)
     for name in TOKENIZER_FILES:
         if (llava_dir / name).is_file():
             shutil.copy2(llava_dir / name, paths["llava"] / name)
     model_cfg = dataclasses.replace(
-        model_cfg,
-        llava_path=str(paths["llava"]),
-        tokenizer_path=None,
-        vision_tower_path=str(paths["clip"]),
+        model_cfg, llava_path=str(paths["llava"]), tokenizer_path=None, vision_tower_path=str(paths["clip"]),
         sam_checkpoint=str(paths["sam"]),
     )
-    cfg = dataclasses.replace(cfg, model=model_cfg)
-    write_config(cfg, out / CONFIG_NAME)
-    print(f"wrote {out}: llava/, clip/, sam.pth, model.safetensors, config.yaml")
-    return 0
+    write_config(dataclasses.replace(cfg, model=model_cfg), out / CONFIG_NAME)
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (released.ReleasedWeightsError, FileNotFoundError) as error:
-        print(f"import failed: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def released_model_config(base: ModelConfig, source: dict, request: ImportRequest) -> ModelConfig:
+    """``base`` with what the released file decides: SAM type, LoRA rank and targets, task tokens."""
+    lora_r, targets = released.infer_lora(source, request.fmt)
+    return dataclasses.replace(
+        base,
+        sam_type=released.infer_sam_type(source, request.fmt),
+        finetune="lora" if lora_r else "frozen",  # merged weights (lisa-hf) carry no adapters
+        lora_r=lora_r or base.lora_r,
+        lora_alpha=request.lora_alpha,
+        lora_target_modules=targets or list(base.lora_target_modules),
+        use_rej_token=request.fmt == "gsva-bin",
+        seg_token_mode="shared",
+        init_weights=None,
+        precision=request.precision,
+        gradient_checkpointing=False,
+        mm_projector_init="pretrained",  # llava/ holds the released projector: it must not be redrawn
+    )

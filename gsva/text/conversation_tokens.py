@@ -1,4 +1,4 @@
-"""Tokenise rendered conversations into input ids and labels.
+"""Tokenise rendered conversations (``gsva.text.conversation``) into input ids and answer-only labels.
 
 The text is split at the image placeholder; each piece is tokenised on its own (as LLaVA's
 checkpoints were trained) and the placeholder becomes ``IMAGE_TOKEN_INDEX``. Labels come from
