@@ -202,6 +202,19 @@ class TinyDims:
     sam_global_attn_indexes: Optional[list[int]] = None
     """SAM encoder blocks with global attention; None = every block when ``sam_window_size`` is 0,
     else the last block."""
+    sam2_embed_dim: int = 16
+    """Tiny SAM2 (``model.mask_decoder: sam2`` without ``model.sam2_path``): width of the first of
+    its Hiera encoder's four stages, doubled at each next one. Its FPN, prompt encoder and mask
+    decoder are ``prompt_embed_dim`` wide; the decoder has ``decoder_heads`` and ``decoder_mlp_dim``."""
+    sam2_heads: int = 1
+    """Tiny SAM2: attention heads of the first Hiera stage, doubled at each next one."""
+    sam2_blocks_per_stage: list[int] = field(default_factory=lambda: [1, 1, 2, 1])
+    """Tiny SAM2: blocks of each of the four Hiera stages."""
+    sam2_window_sizes: list[int] = field(default_factory=lambda: [4, 4, 2, 2])
+    """Tiny SAM2: attention window side of each Hiera stage (the first stage's must divide
+    ``data.sam_image_size`` / 4)."""
+    sam2_global_attn_indexes: list[int] = field(default_factory=lambda: [3])
+    """Tiny SAM2: Hiera blocks (counted over all stages) with global attention."""
 
 
 @dataclass
@@ -214,8 +227,19 @@ class ModelConfig:
     """The multimodal LLM's checkpoint directory (any kind of ``backbone``)."""
     tokenizer_path: Optional[str] = None
     vision_tower_path: Optional[str] = None
+    mask_decoder: Literal["sam", "sam2"] = "sam"
+    """The promptable segmenter the [SEG] queries drive (``gsva.model.mask_head``): ``sam``
+    (``segment_anything``'s SAM of ``sam_type``/``sam_checkpoint``; the paper) or ``sam2``
+    (transformers' ``Sam2Model`` of ``sam2_path``: its image is stretched to the
+    ``data.sam_image_size`` square without padding, and the query is one sparse prompt token of
+    its mask decoder). Either way the mask decoder and the query projector train, the image and
+    prompt encoders stay frozen."""
     sam_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
     sam_checkpoint: Optional[str] = None
+    sam2_path: Optional[str] = None
+    """``mask_decoder: sam2``: a ``Sam2Model`` directory in transformers' ``save_pretrained`` layout
+    (``config.json`` + ``model.safetensors``, e.g. a download of ``facebook/sam2.1-hiera-large``),
+    whose input size must be ``data.sam_image_size``; null = a random tiny SAM2 (``tiny.sam2_*``)."""
     init_weights: Optional[str] = None
     tiny: TinyDims = field(default_factory=TinyDims)
     finetune: Literal["lora", "full", "frozen"] = "lora"
@@ -394,7 +418,13 @@ def validate(cfg: Config) -> None:
     _validate_tasks(cfg.data)
     _validate_sampling(cfg.data)
     _validate_eval(cfg.eval)
-    if cfg.model.sam_type != "tiny" and cfg.model.sam_checkpoint is None and not cfg.components.enabled:
+    _validate_mask_decoder(cfg)
+    if (
+        cfg.model.mask_decoder == "sam"
+        and cfg.model.sam_type != "tiny"
+        and cfg.model.sam_checkpoint is None
+        and not cfg.components.enabled
+    ):
         raise ConfigError(
             f"model.sam_checkpoint is required for model.sam_type={cfg.model.sam_type!r} "
             "(e.g. sam_vit_h_4b8939.pth); use model.sam_type=tiny for a random tiny SAM"
@@ -462,6 +492,21 @@ def _validate_model(model: ModelConfig) -> None:
         )
     if not (isinstance(model.use_im_start_end, bool) or model.use_im_start_end == "auto"):
         raise ConfigError(f"model.use_im_start_end: {model.use_im_start_end!r} is not allowed; expected auto, true or false")
+
+
+def _validate_mask_decoder(cfg: Config) -> None:
+    """Keys that belong to the other ``model.mask_decoder``, and the feature cache, which holds SAM
+    embeddings only."""
+    model = cfg.model
+    if model.mask_decoder == "sam" and model.sam2_path is not None:
+        raise ConfigError("model.sam2_path applies to model.mask_decoder=sam2; set model.mask_decoder=sam2 or model.sam2_path=null")
+    if model.mask_decoder == "sam2" and model.sam_checkpoint is not None:
+        raise ConfigError("model.sam_checkpoint applies to model.mask_decoder=sam; SAM2's checkpoint is model.sam2_path")
+    if model.mask_decoder == "sam2" and cfg.data.feature_cache is not None:
+        raise ConfigError(
+            "data.feature_cache holds SAM image embeddings only and cannot serve model.mask_decoder=sam2 (three "
+            "SAM2 feature levels per image); set data.feature_cache=null or model.mask_decoder=sam"
+        )
 
 
 def _validate_global_batch(optim: OptimConfig) -> None:

@@ -22,7 +22,7 @@ from gsva.atomic import write_json_atomic
 SHOWN_PROBLEMS = 10
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-dir", type=Path, required=True, help="the <dataset_dir> of the LISA/GSVA layout (README, Datasets)")
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS),
@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-files", type=int, default=None,
                         help="read at most this many images (with their labels) per dataset, spread evenly (default: all)")
     parser.add_argument("--json", type=Path, default=None, help="also write the reports to this JSON file")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def print_report(report: DatasetReport) -> None:
@@ -48,8 +48,8 @@ def print_report(report: DatasetReport) -> None:
         print(f"  ... and {len(report.unreadable) - SHOWN_PROBLEMS} more (see --json)")
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if not args.dataset_dir.is_dir():
         print(f"--dataset-dir {args.dataset_dir}: not a folder", file=sys.stderr)
         return 1
@@ -66,4 +66,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -41,7 +41,7 @@ from gsva.inference import (
 from gsva.model.gsva import SlotPredictions
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True,
                         help="model directory (model.safetensors + config.yaml, from training, save_pretrained "
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=str(default_device()),
                         help="cuda, cuda:1 or cpu (default: cuda when available); bf16 on GPU, fp32 on CPU")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.llava_path=/models/llava")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def list_images(args: argparse.Namespace) -> list[Path]:
@@ -95,8 +95,8 @@ def report(path: Path, image, query: EvalQuery, prediction: SlotPredictions, out
         print(f"  note: {note}")
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     segmenter = Segmenter.load(args.weights, torch.device(args.device), args.overrides)
     images = list_images(args)
     for start in range(0, len(images), args.batch_size):
@@ -105,11 +105,13 @@ def main() -> None:
         try:
             queries = [make_query(args, segmenter, image.shape[:2]) for image in pixels]
         except QueryError as error:
-            sys.exit(f"error: {error}")
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         predictions = segmenter.predict(pixels, queries, "generate", args.max_new_tokens)
         for path, image, query, prediction in zip(paths, pixels, queries, predictions):
             report(path, image, query, prediction, args.output_dir / path.stem)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -27,7 +27,7 @@ from gsva.demo.prepare import prepare_demo
 from gsva.pipeline import build_pipeline
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the training config whose datasets and encoders are cached")
     parser.add_argument("--out", type=Path, required=True, help="cache directory (created; extended when it exists)")
@@ -35,14 +35,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per device (default 4)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; do not pass by hand")
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.dataset_dir=/data/gsva")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.batch_size < 1 or args.num_workers < 0:
         parser.error("--batch-size must be >= 1 and --num-workers >= 0")
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = init_distributed()
     cfg = prepare_demo(load_config(args.config, args.overrides))
@@ -62,7 +62,8 @@ def main() -> None:
         }
         print(json.dumps(summary, indent=2))
         print(f"train with: data.feature_cache={args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,18 +17,15 @@ import numpy as np
 import pytest
 
 from gsva.data.bad_samples import BadSampleError, BadSampleTally
-from gsva.text.conversation import get_template
 from gsva.data.masks import encode_rle
 from gsva.data.mixture import FullPassStream, MixtureStream
-from gsva.text.prompts import PromptSettings
 from gsva.data.refer_seg.reader import ReferIndex
 from gsva.data.refer_seg.dataset import ReferSegDataset
 from gsva.data.catalog import dataset_entry
-from gsva.data.sample_builder import SampleBuilder, SampleSettings
+from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator, ImageSample
 from gsva.demo.synthetic import SyntheticSpec, write_synthetic_grefcoco
-from gsva.text.tokenizer import add_task_tokens, load_tokenizer
-from gsva.text.special_tokens import REJ_TOKEN, SEG_TOKEN
+from tests.conftest import tiny_sample_builder
 from tests.formats.refer_formats import WrittenRefer, write_all_refer
 from tests.formats.semseg_formats import write_ade20k, write_gray_png
 from tests.formats.vqa_reason_formats import LLAVA_RECORDS, write_llava_instruct
@@ -37,18 +34,9 @@ DATASETS = ("refcoco", "refcocog", "grefcoco", "refzom", "llava_instruct_150k", 
 """The training datasets of a stream; each has a few images, the first one spoilt by a fault."""
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    tokenizer = load_tokenizer(tokenizer_dir, 512)
-    add_task_tokens(tokenizer, [SEG_TOKEN, REJ_TOKEN])
-    return tokenizer
-
-
 def make_builder(tokenizer, max_tokens: int = 512) -> SampleBuilder:
     """A builder that asks every expression of an image (at most 10) in one prompt."""
-    prompts = PromptSettings(get_template("llava_v1"), [SEG_TOKEN], use_im_start_end=False, use_rej_token=True)
-    settings = SampleSettings(sam_image_size=32, clip_image_size=16, max_tokens=max_tokens, num_classes_per_sample=10)
-    return SampleBuilder(tokenizer, prompts, settings)
+    return tiny_sample_builder(tokenizer, max_tokens=max_tokens, num_classes_per_sample=10)
 
 
 # --------------------------------------------------------------------------------- the faults
@@ -332,9 +320,9 @@ def test_only_bad_samples_are_skipped_and_a_run_of_them_stops():
         bug[(0, 0)]
     broken = BadSampleError("/data/a.jpg", "cannot decode the image file", "unreadable image")
     all_bad = FullPassStream([FakeDataset("a", 1, bad=0, error=broken)], seed=0, on_bad_sample="skip")
-    with pytest.raises(RuntimeError, match="8 samples drawn in a row were bad.*/data/a.jpg: cannot decode"):
+    with pytest.raises(RuntimeError, match=r"/data/a\.jpg"):
         all_bad[(0, 0)]
-    with pytest.raises(ValueError, match="data.on_bad_sample: expected one of \\('error', 'skip'\\), got 'ignore'"):
+    with pytest.raises(ValueError, match=r"data\.on_bad_sample"):
         MixtureStream({"refer_seg": [FakeDataset("a", 1, 0, broken)]}, {"refer_seg": 1.0}, 0, on_bad_sample="ignore")
 
 
@@ -355,13 +343,10 @@ def test_tally_counts_skips_and_drops_and_stops_past_the_limit():
         "3 bad samples skipped (segmentation: 1, unreadable image: 2); 2 expressions dropped to fit data.model_max_length"
     )
     tally.record([{"skipped": [skip_record(number) for number in range(4, 10)]}])
-    message = (
-        "9 bad samples skipped, more than data.max_bad_samples=3; the last ones: /data/5.jpg: reason 5; "
-        "/data/6.jpg: reason 6; /data/7.jpg: reason 7; /data/8.jpg: reason 8; /data/9.jpg: reason 9; "
-        "check the data with scripts/check_data.py"
-    )
-    with pytest.raises(RuntimeError, match=re.escape(message)):
+    with pytest.raises(RuntimeError, match=r"data\.max_bad_samples=3") as error:
         tally.check(3)
+    assert all(f"/data/{number}.jpg" in str(error.value) for number in range(5, 10))  # the last ones
+    assert "/data/4.jpg" not in str(error.value) and "scripts/check_data.py" in str(error.value)
     assert BadSampleTally().summary() == "0 bad samples skipped; 0 expressions dropped to fit data.model_max_length"
 
 

@@ -2,6 +2,7 @@
 preemption signals, non-finite losses and weights. Resumed runs must match an uninterrupted one."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -166,7 +167,7 @@ def poisoned_forward(calls_to_poison: set[int]):
 def test_non_finite_losses_are_skipped_and_counted(synthetic_root, tokenizer_dir, tmp_path, monkeypatch, caplog):
     cfg = tiny_config(
         synthetic_root, tokenizer_dir, f"run.output_dir={tmp_path / 'run'}", "schedule.steps=6", "schedule.save_every=2",
-        "run.log_every=1", "run.eval_at_end=false", "optim.micro_batch_size=2", "optim.max_consecutive_nonfinite=3",
+        "run.log_every=1", "eval.at_end=false", "optim.micro_batch_size=2", "optim.max_consecutive_nonfinite=3",
     )
     monkeypatch.setattr(GsvaModel, "forward", poisoned_forward({2, 3}))
     added = []
@@ -183,10 +184,10 @@ def test_non_finite_losses_are_skipped_and_counted(synthetic_root, tokenizer_dir
 def test_too_many_non_finite_losses_abort_without_saving_them(synthetic_root, tokenizer_dir, tmp_path, monkeypatch):
     cfg = tiny_config(
         synthetic_root, tokenizer_dir, f"run.output_dir={tmp_path / 'run'}", "schedule.steps=6", "schedule.save_every=2",
-        "run.log_every=1", "run.eval_at_end=false", "optim.micro_batch_size=2", "optim.max_consecutive_nonfinite=3",
+        "run.log_every=1", "eval.at_end=false", "optim.micro_batch_size=2", "optim.max_consecutive_nonfinite=3",
     )
     monkeypatch.setattr(GsvaModel, "forward", poisoned_forward({3, 4, 5}))
-    with pytest.raises(FloatingPointError, match="3 micro-steps in a row"):
+    with pytest.raises(FloatingPointError, match=r"optim\.max_consecutive_nonfinite"):
         trainer.train(cfg)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step2"
 
@@ -198,7 +199,7 @@ def test_non_finite_weights_are_never_saved(synthetic_root, tokenizer_dir, tmp_p
 
     cfg = tiny_config(
         synthetic_root, tokenizer_dir, f"run.output_dir={tmp_path / 'run'}", "schedule.steps=6", "schedule.save_every=2",
-        "run.log_every=1", "run.eval_at_end=false", "optim.micro_batch_size=2",
+        "run.log_every=1", "eval.at_end=false", "optim.micro_batch_size=2",
     )
     original = DeepSpeedEngine.step
     calls = {"count": 0}
@@ -211,9 +212,9 @@ def test_non_finite_weights_are_never_saved(synthetic_root, tokenizer_dir, tmp_p
                 self.module.query_projector[0].weight[0, 0] = float("inf")
 
     monkeypatch.setattr(DeepSpeedEngine, "step", step)
-    with pytest.raises(FloatingPointError, match="not saving"):
-        trainer.train(cfg)
     checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(FloatingPointError, match=re.escape(str(checkpoints))):
+        trainer.train(cfg)
     assert (checkpoints / "latest").read_text() == "step2"
     assert not (checkpoints / "step4").exists()
 
@@ -236,7 +237,7 @@ def test_bad_samples_are_skipped_logged_and_bounded(data_with_a_corrupt_image, t
     root, corrupt = data_with_a_corrupt_image
     overrides = (
         "schedule.mode=epochs", "schedule.epochs=1", "schedule.save_every=1000", "run.log_every=1",
-        "run.eval_at_end=false", "optim.micro_batch_size=4", "data.on_bad_sample=skip",
+        "eval.at_end=false", "optim.micro_batch_size=4", "data.on_bad_sample=skip",
     )
     cfg = tiny_config(root, tokenizer_dir, f"run.output_dir={tmp_path / 'run'}", *overrides)
     trainer.train(cfg)  # one full pass meets the corrupt image once, replaced by another

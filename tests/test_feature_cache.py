@@ -190,9 +190,9 @@ def test_check_layout(tmp_path):
 def test_add_rejects_wrong_shape_or_dtype(tmp_path):
     layout = make_layout()
     with FeatureCacheWriter(tmp_path, layout, "rank0") as writer:
-        with pytest.raises(ValueError, match=r"expected shape \(4, 3, 3\).*got shape \(4, 3, 2\)"):
+        with pytest.raises(ValueError, match=r"sam.*\(4, 3, 2\)"):
             writer.add("a", torch.zeros(4, 3, 2), torch.zeros(CLIP_SHAPE))
-        with pytest.raises(ValueError, match="got shape .* dtype float16"):
+        with pytest.raises(ValueError, match="clip.*float16"):
             writer.add("a", torch.zeros(SAM_SHAPE), torch.zeros(CLIP_SHAPE, dtype=torch.float16))
 
 

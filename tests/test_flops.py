@@ -2,20 +2,16 @@
 
 import pytest
 import torch
-from gsva.demo.synthetic import COLOURS
-from gsva.text.tokenizer import train_tiny_bpe
-from gsva.demo.components import tokenizer_corpus
+
 from gsva.pipeline import build_pipeline
 from gsva.bench.flops import clip_flops, flop_counter, llm_flops, sam_encoder_flops
 from gsva.bench.shapes import reference_config
 
 
 @pytest.fixture(scope="module")
-def reference_model(tmp_path_factory):
+def reference_model(tokenizer_dir):
     """The tiny reference dims (SAM ViT 128x2 with windowed and global blocks at 1024 px), a small vocabulary."""
-    directory = tmp_path_factory.mktemp("flops_tokenizer")
-    train_tiny_bpe(tokenizer_corpus(list(COLOURS), "llava_v1"), 512, directory)
-    model = build_pipeline(reference_config("tiny", directory)).model
+    model = build_pipeline(reference_config("tiny", tokenizer_dir)).model
     model.mllm.language_model.set_attn_implementation("eager")
     model.mllm.vision_tower.set_attn_implementation("eager")
     return model

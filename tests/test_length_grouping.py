@@ -11,10 +11,9 @@ import pytest
 from gsva.config import ConfigError, load_config
 from gsva.data.mixture import FullPassSampler, FullPassStream
 from gsva.data.refer_seg.dataset import ReferSegDataset
-from gsva.data.sample_builder import SampleBuilder, SampleSettings
+from gsva.data.sample_builder import SampleBuilder
 from gsva.data.samples import Collator
 from gsva.engine.trainer import training_sampler, training_stream
-from gsva.pipeline import build_pipeline
 from tests.conftest import REPO, tiny_config
 
 POSITIONS, MICRO_BATCH, WORLD = 2000, 8, 2
@@ -78,7 +77,7 @@ def test_grouped_order_is_deterministic_and_reshuffled_each_epoch():
 
 
 def test_lengths_must_cover_every_position():
-    with pytest.raises(ValueError, match="1999 length hints for 2000 training images"):
+    with pytest.raises(ValueError, match="length hints"):
         sampler(0, random_lengths()[:-1])
 
 
@@ -108,17 +107,15 @@ def test_stream_hints_come_from_the_datasets_or_are_zero():
 
 
 def test_group_by_length_needs_epochs_mode():
-    with pytest.raises(ConfigError, match="data.group_by_length applies to schedule.mode: epochs"):
+    with pytest.raises(ConfigError, match=r"data\.group_by_length.*schedule\.mode"):
         load_config(REPO / "configs" / "tiny_synthetic.yaml", ["data.group_by_length=true"])
     assert load_config(REPO / "configs" / "finetune" / "grefcoco_vicuna7b.yaml").data.group_by_length
 
 
 @pytest.fixture(scope="module")
-def builder(synthetic_root: Path, tokenizer_dir: Path) -> SampleBuilder:
-    cfg = tiny_config(synthetic_root, tokenizer_dir)
-    pipeline = build_pipeline(cfg)
-    tokenizer, _, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
-    return SampleBuilder(tokenizer, prompts, SampleSettings.from_config(cfg.data))
+def builder(tiny_pipeline) -> SampleBuilder:
+    """The sample builder of the tiny config."""
+    return tiny_pipeline.builder
 
 
 def test_refer_seg_hint_grows_with_the_number_and_length_of_expressions(synthetic_root: Path, tokenizer_dir: Path, builder):

@@ -3,14 +3,11 @@
 import torch
 
 from gsva.model.gsva import align_slots
-from gsva.pipeline import build_pipeline
 from tests.test_model import make_batch
 
 
-def test_generate_matches_teacher_forced_on_a_memorised_answer(config):
-    torch.manual_seed(0)
-    pipeline = build_pipeline(config)
-    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
+def test_generate_matches_teacher_forced_on_a_memorised_answer(config, fresh_pipeline):
+    tokenizer, model, prompts = fresh_pipeline.tokenizer, fresh_pipeline.model, fresh_pipeline.builder.prompts
     batch, _ = make_batch(config, tokenizer, prompts, split="val", items=(0,), train=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(150):
@@ -36,12 +33,10 @@ def test_generate_matches_teacher_forced_on_a_memorised_answer(config):
         assert torch.equal(forced.masks[slot], generated.masks[slot])
 
 
-def test_generate_batches_like_single_samples(config):
+def test_generate_batches_like_single_samples(tiny_pipeline):
     """Left-padded batched generation gives the same answers and masks as one image at a time."""
-    torch.manual_seed(0)
-    pipeline = build_pipeline(config)
-    tokenizer, model, prompts = pipeline.tokenizer, pipeline.model, pipeline.builder.prompts
-    model.eval()
+    config = tiny_pipeline.cfg
+    tokenizer, model, prompts = tiny_pipeline.tokenizer, tiny_pipeline.model, tiny_pipeline.builder.prompts
     batch, _ = make_batch(config, tokenizer, prompts, split="val", items=(0, 1, 2), train=False)
     together = model.generate(batch, max_new_tokens=12, tokenizer=tokenizer)
     for item, prediction in zip((0, 1, 2), together):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -117,10 +118,10 @@ def test_reader_reports_missing_files(tmp_path: Path) -> None:
 def test_reader_rejects_unknown_split_and_ann_id(tmp_path: Path) -> None:
     write_synthetic_grefcoco(tmp_path, small_spec())
     index = ReferIndex(tmp_path)
-    with pytest.raises(ValueError, match="available splits: testA, testB, train, val"):
+    with pytest.raises(ValueError, match="'test'.*testA, testB, train, val"):
         index.image_ids("test")
     image_id = index.image_ids("val")[0]
-    with pytest.raises(ValueError, match="ann id 999999"):
+    with pytest.raises(ValueError, match="'ann_id'.*999999"):
         index.target_mask(image_id, [999999])
     train_image_id = index.image_ids("train")[0]
     other_ann_id = next(
@@ -128,7 +129,7 @@ def test_reader_rejects_unknown_split_and_ann_id(tmp_path: Path) -> None:
         for expression in index.expressions(train_image_id, "train")
         if not expression.no_target
     )
-    with pytest.raises(ValueError, match=f"ann id {other_ann_id} belongs to image id {train_image_id}"):
+    with pytest.raises(ValueError, match=rf"'ann_id'.*\b{other_ann_id}\b.*\b{train_image_id}\b"):
         index.target_mask(image_id, [other_ann_id])
 
 
@@ -181,7 +182,7 @@ def test_uncompressed_rle_starting_with_foreground() -> None:
 
 
 def test_decode_segmentation_validates_input() -> None:
-    with pytest.raises(ValueError, match="at least 3 points"):
+    with pytest.raises(ValueError, match=r"segmentation\[0\]"):
         decode_segmentation([[1.0, 1.0, 5.0, 5.0]], 10, 10)
     rle = encode_rle(np.ones((10, 12), dtype=bool))
     with pytest.raises(ValueError, match=r"\[10, 12\].*\[12, 10\]"):
@@ -193,7 +194,7 @@ def test_synthetic_dataset_exists(tmp_path: Path) -> None:
     assert not synthetic_dataset_exists(tmp_path, spec)
     write_synthetic_grefcoco(tmp_path, spec)
     assert synthetic_dataset_exists(tmp_path, spec)
-    with pytest.raises(ValueError, match="delete the folder or choose another path"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}.*'seed'"):
         synthetic_dataset_exists(tmp_path, small_spec(seed=7))
-    with pytest.raises(ValueError, match="different spec"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}.*'seed'"):
         write_synthetic_grefcoco(tmp_path, small_spec(seed=7))

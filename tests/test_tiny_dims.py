@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from gsva.bench.shapes import build_reference_model
-from gsva.bench.workload import prepare_tokenizer
 from gsva.config import TinyDims
 from gsva.model.mllm import build_tiny_llava
 from gsva.model.released import released_name
@@ -22,9 +21,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def bench_model(tmp_path_factory):
-    tokenizer_dir = prepare_tokenizer(tmp_path_factory.mktemp("bench"), seed=0)
-    tokenizer, model, prompts, _ = build_reference_model("tiny", tokenizer_dir, "fp32", seed=0)
+def bench_model(reference_tokenizer_dir):
+    """(tokenizer, model in eval mode, prompts) of the benchmarks' tiny reference model."""
+    tokenizer, model, prompts, _ = build_reference_model("tiny", reference_tokenizer_dir, "fp32", seed=0)
     return tokenizer, model.eval(), prompts
 
 

@@ -16,20 +16,12 @@ from gsva.engine.trainer import train, training_stream
 from gsva.pipeline import build_pipeline
 from gsva.text.special_tokens import IGNORE_INDEX
 from tests.conftest import REPO, tiny_config
-from tests.formats import write_every_dataset
 
 PRETRAIN_TASKS = (
     "data.tasks={sem_seg: {weight: 9, datasets: [ade20k, cocostuff, mapillary, paco_lvis, pascal_part]}, "
     "refer_seg: {weight: 6, datasets: [refclef, refcoco, refcoco+, refcocog, grefcoco, refzom]}, "
     "vqa: {weight: 3, datasets: [llava_instruct_150k]}, reason_seg: {weight: 1, datasets: [reason_seg]}}"
 )
-
-
-@pytest.fixture(scope="module")
-def every_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("every_dataset")
-    write_every_dataset(root)
-    return root
 
 
 def mixture_config(root: Path, tokenizer_dir: Path, *overrides: str):

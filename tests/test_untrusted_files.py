@@ -12,6 +12,7 @@ import builtins
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_sam_checkpoint(malicious, tmp_path):
     write, marker = malicious
     sam = build_tiny_sam(TinyDims(), 64)
     path = write(tmp_path / "sam_vit_h.pth")
-    with pytest.raises(pickle.UnpicklingError, match=f"{path}: refused to load") as refused:
+    with pytest.raises(pickle.UnpicklingError, match=re.escape(str(path))) as refused:
         load_sam_state(sam, path)
     assert "weights_only=False" not in str(refused.value)  # never the advice to run the file's code
     assert not marker.exists()
@@ -79,7 +80,7 @@ def test_sam_checkpoint(malicious, tmp_path):
 def test_released_gsva_bin(malicious, tmp_path):
     write, marker = malicious
     path = write(tmp_path / "gsva.bin")
-    with pytest.raises(pickle.UnpicklingError, match=f"{path}: refused to load"):
+    with pytest.raises(pickle.UnpicklingError, match=re.escape(str(path))):
         read_released_state(path, "gsva-bin")
     assert not marker.exists()
 
@@ -90,7 +91,7 @@ def test_released_lisa_shards(malicious, tmp_path):
     write(directory / "pytorch_model-00001-of-00001.bin")
     index = {"weight_map": {"weight": "pytorch_model-00001-of-00001.bin"}}
     (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
-    with pytest.raises(pickle.UnpicklingError, match="pytorch_model-00001-of-00001.bin: refused to load"):
+    with pytest.raises(pickle.UnpicklingError, match=r"pytorch_model-00001-of-00001\.bin"):
         read_released_state(directory, "lisa-hf")
     assert not marker.exists()
 
@@ -99,7 +100,7 @@ def test_llava_projector_bin(malicious, tmp_path):
     write, marker = malicious
     directory = tmp_path / "llava"
     write(directory / "pytorch_model.bin")
-    with pytest.raises(pickle.UnpicklingError, match=f"{directory / 'pytorch_model.bin'}: refused to load"):
+    with pytest.raises(pickle.UnpicklingError, match=re.escape(str(directory / "pytorch_model.bin"))):
         _read_projector_state(directory)
     assert not marker.exists()
 
@@ -132,7 +133,7 @@ def test_deepspeed_checkpoint_export(malicious, tmp_path, malicious_file):
     files = {"mp_rank_00_model_states.pt": benign, malicious_file: None}
     checkpoints = deepspeed_checkpoint(tmp_path / "run", files, write)
     overrides = ["components.enabled=false", "data.synthetic=null"]
-    with pytest.raises(pickle.UnpicklingError, match=f"{checkpoints / 'step1' / malicious_file}: refused to load"):
+    with pytest.raises(pickle.UnpicklingError, match=re.escape(str(checkpoints / "step1" / malicious_file))):
         export_checkpoint(checkpoints, tmp_path / "out", config=TINY_CONFIG, overrides=overrides)
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
@@ -164,7 +165,7 @@ def test_deepspeed_checkpoint_classes_are_allowed(tmp_path):
 def test_refused_deepspeed_file_is_named(tmp_path):
     marker = tmp_path / "payload_ran"
     path = write_malicious(tmp_path / "mp_rank_00_model_states.pt", marker, legacy=False)
-    with pytest.raises(pickle.UnpicklingError, match=rf"{path}: refused to load: .*(posix|os)\.system"):
+    with pytest.raises(pickle.UnpicklingError, match=rf"{re.escape(str(path))}.*(posix|os)\.system"):
         load_deepspeed_file(path)
     assert not marker.exists()
 

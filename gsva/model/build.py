@@ -14,7 +14,7 @@ from gsva.config import Config, ConfigError
 from gsva.model.gsva import GsvaModel
 from gsva.model.backbones import IMAGE_MARKERS, load_backbone, resolve_backbone
 from gsva.model.mllm import LlavaModel, build_tiny_llava
-from gsva.model.sam import build_sam
+from gsva.model.mask_head import build_visual_model
 from gsva.model.trainable import add_lora, apply_trainable_policy
 from gsva.text.vocabulary import TaskVocabulary
 from gsva.model.hf_loading import transformers_notices_silenced
@@ -77,7 +77,7 @@ def _build(cfg: Config, vocabulary: TaskVocabulary) -> GsvaModel:
     if kind in ("llava", "llava_hf"):
         check_image_markers(mllm, model_cfg.use_im_start_end, vocabulary.prompts.use_im_start_end)
     resize_token_rows(mllm.language_model, vocabulary.size, model_cfg.new_token_init)
-    sam = build_sam(model_cfg.sam_type, model_cfg.sam_checkpoint, model_cfg.tiny, cfg.data.sam_image_size)
+    sam = build_visual_model(model_cfg, cfg.data.sam_image_size)
     model = GsvaModel(mllm, sam, vocabulary.slot_ids, model_cfg, cfg.data.sam_image_size)
     if model_cfg.mm_projector_init == "random":
         randomise_projector(model)

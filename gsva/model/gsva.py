@@ -1,4 +1,4 @@
-"""GSVA: LLaVA + query projector + SAM mask decoder, with ``[SEG]``/``[REJ]`` answer slots.
+"""GSVA: LLaVA + query projector + SAM (or SAM2) mask decoder, with ``[SEG]``/``[REJ]`` answer slots.
 
 The mask query of a slot is the decoder's last hidden state at the position just BEFORE the slot
 token (the state whose next-token prediction is the slot), after the image placeholder has been
@@ -19,19 +19,17 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
+from transformers import Sam2Model
 
 from gsva.batch import GsvaBatch
 from gsva.config import EvalProtocol, ModelConfig
 from gsva.model.losses import bce_per_mask, dice_per_mask, rejected_row_losses
-from gsva.model.mask_decoding import decode_masks, postprocess_masks
+from gsva.model.mask_head import ImageFeatures, MaskHead, mask_head_of
 from gsva.model.mllm import LlavaModel
-from gsva.model.pixels import normalize_sam_images
 from gsva.model.query_projector import QueryProjector
 from gsva.text.special_tokens import IGNORE_INDEX
 from gsva.text.vocabulary import SlotTokenIds
 
-
-SAM_IMAGES_PER_CHUNK = 4
 
 PROTOCOLS: tuple[str, ...] = typing.get_args(EvalProtocol)
 """How a prediction is made (``GsvaModel.predict``): teacher-forced, the paper's protocol
@@ -62,7 +60,7 @@ class GsvaModel(nn.Module):
     def __init__(
         self,
         mllm: LlavaModel,
-        sam: Sam,
+        sam: Sam | Sam2Model,
         token_ids: SlotTokenIds,
         cfg: ModelConfig,
         sam_image_size: int,
@@ -70,7 +68,7 @@ class GsvaModel(nn.Module):
         super().__init__()
         self.mllm = mllm
         self.visual_model = sam
-        self.query_projector = QueryProjector(mllm.hidden_size, sam.prompt_encoder.embed_dim)
+        self.query_projector = QueryProjector(mllm.hidden_size, mask_head_of(sam, sam_image_size).prompt_dim)
         self.token_ids = token_ids
         self.cfg = cfg
         self.sam_image_size = sam_image_size
@@ -81,18 +79,19 @@ class GsvaModel(nn.Module):
         a weights file loaded into this model."""
 
     # ----------------------------------------------------------------- shared pieces
-    def encode_sam_images(self, batch: GsvaBatch) -> torch.Tensor:
-        """(B, 3, S, S) uint8 -> (B, C, S/16, S/16) embeddings of the frozen SAM image encoder,
-        ``SAM_IMAGES_PER_CHUNK`` images at a time (its global attention holds a (heads, N, N)
-        matrix per image: chunks bound the memory of large evaluation batches)."""
-        encoder = self.visual_model.image_encoder
-        pixels = normalize_sam_images(batch.sam_images, batch.resized_sizes).to(encoder.patch_embed.proj.weight.dtype)
-        with torch.no_grad():
-            return torch.cat([encoder(chunk) for chunk in pixels.split(SAM_IMAGES_PER_CHUNK)])
+    @property
+    def mask_head(self) -> MaskHead:
+        """The mask decoder of ``visual_model`` (``model.mask_decoder``) behind ``MaskHead``."""
+        return mask_head_of(self.visual_model, self.sam_image_size)
 
-    def _image_inputs(self, batch: GsvaBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM embeddings (B, C, h, w) and projected CLIP features (B, P, D): the frozen encoders
-        run only when the batch carries no cached features."""
+    def encode_sam_images(self, batch: GsvaBatch) -> ImageFeatures:
+        """(B, 3, S, S) uint8 -> the frozen mask-decoder image encoder's features: for SAM, (B, C,
+        S/16, S/16) embeddings; for SAM2, ``Sam2Features`` (``MaskHead.encode``)."""
+        return self.mask_head.encode(batch.sam_images, batch.resized_sizes)
+
+    def _image_inputs(self, batch: GsvaBatch) -> tuple[ImageFeatures, torch.Tensor]:
+        """Mask-decoder image features (SAM: (B, C, h, w) embeddings) and projected CLIP features
+        (B, P, D): the frozen encoders run only when the batch carries no cached features."""
         sam = batch.sam_features if batch.sam_features is not None else self.encode_sam_images(batch)
         clip = batch.clip_features if batch.clip_features is not None else self.mllm.vision_features(batch.clip_images)
         return sam, self.mllm.mm_projector(clip)
@@ -121,17 +120,16 @@ class GsvaModel(nn.Module):
         states: torch.Tensor,
         query_to_image: torch.Tensor,
         counts: list[int],
-        image_embeddings: torch.Tensor,
+        image_embeddings: ImageFeatures,
         batch: GsvaBatch,
     ) -> list[torch.Tensor]:
         """states: (Q, D) ordered by image, ``counts[b]`` of them for image b -> per image with
         queries, (Q_b, H_b, W_b) mask logits at the original image size."""
+        head = self.mask_head
         queries = self.query_projector(states)
-        low_res = decode_masks(
-            self.visual_model.mask_decoder, self.visual_model.prompt_encoder, image_embeddings, queries, query_to_image
-        )
+        low_res = decode_masks(head, image_embeddings, queries, query_to_image)
         return [
-            postprocess_masks(group, self.sam_image_size, batch.resized_sizes[image], batch.original_sizes[image])
+            postprocess_masks(head, group, batch.resized_sizes[image], batch.original_sizes[image])
             for image, group in enumerate(torch.split(low_res, counts))
             if counts[image] > 0
         ]
@@ -309,6 +307,22 @@ def align_slots(generated: list[bool], expected: int) -> SlotAlignment:
         mask_index=[index for _, index in kept] + [None] * missing,
         parse_failures=abs(expected - len(generated)),
     )
+
+
+def decode_masks(
+    head: MaskHead, features: ImageFeatures, queries: torch.Tensor, query_to_image: torch.Tensor
+) -> torch.Tensor:
+    """The decoding stage of every mask GSVA predicts (a module-level function, so that a trace of
+    the stages can wrap it): (Q, C) queries, (Q,) image indices -> (Q, h', w') low-resolution logits."""
+    return head.decode(features, queries, query_to_image)
+
+
+def postprocess_masks(
+    head: MaskHead, low_res: torch.Tensor, resized_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """The postprocessing stage of every mask GSVA predicts (module-level, as ``decode_masks``):
+    (Q, h', w') logits of one image -> (Q, H, W) at its original size."""
+    return head.postprocess(low_res, resized_size, original_size)
 
 
 def _per_image(query_to_image: torch.Tensor, batch: GsvaBatch) -> list[int]:

@@ -6,6 +6,7 @@ loaded strictly: a key that is missing or unexpected is an error that lists the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -16,9 +17,14 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.modeling import image_encoder
 
 from gsva.config import TinyDims
+from gsva.model.mask_decoding import decode_masks, postprocess_masks
+from gsva.model.pixels import normalize_sam_images
 from gsva.tensor_files import load_tensor_file
 
 PUBLISHED_SAM_TYPES = ("vit_h", "vit_l", "vit_b")
+SAM_IMAGES_PER_CHUNK = 4
+"""Images encoded together: SAM's global attention holds a (heads, N, N) matrix per image, so
+chunks bound the memory of large evaluation batches."""
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -140,3 +146,34 @@ def build_sam(sam_type: str, checkpoint: str | Path | None, dims: TinyDims, imag
     if checkpoint is not None:
         load_sam_state(sam, checkpoint)
     return sam
+
+
+@dataclass(frozen=True)
+class SamHead:
+    """``gsva.model.mask_head.MaskHead`` of a ``segment_anything`` SAM."""
+
+    sam: Sam
+    image_size: int
+
+    @property
+    def prompt_dim(self) -> int:
+        return self.sam.prompt_encoder.embed_dim
+
+    def encode(self, images: torch.Tensor, resized_sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """(B, 3, S, S) uint8, zero-padded bottom-right -> (B, C, S/16, S/16) embeddings of the
+        frozen image encoder, ``SAM_IMAGES_PER_CHUNK`` images at a time."""
+        encoder = self.sam.image_encoder
+        pixels = normalize_sam_images(images, resized_sizes).to(encoder.patch_embed.proj.weight.dtype)
+        with torch.no_grad():
+            return torch.cat([encoder(chunk) for chunk in pixels.split(SAM_IMAGES_PER_CHUNK)])
+
+    def decode(self, features: torch.Tensor, queries: torch.Tensor, query_to_image: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) embeddings, (Q, C) queries, (Q,) image indices -> (Q, 4h, 4w) logits."""
+        return decode_masks(self.sam.mask_decoder, self.sam.prompt_encoder, features, queries, query_to_image)
+
+    def postprocess(
+        self, low_res: torch.Tensor, resized_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(Q, h', w') logits of one image -> (Q, H, W): upsampled to the padded input, the padding
+        cropped away, resized to the original size."""
+        return postprocess_masks(low_res, self.image_size, resized_size, original_size)

@@ -1,8 +1,10 @@
 """The one place that decides which parameters GSVA trains.
 
 LoRA (peft) on the attention projections named in ``lora_target_modules``; token embeddings and
-lm_head (the new ``[SEG]``/``[REJ]`` rows live there); SAM's mask decoder; the query projector.
-Frozen: the LLM base weights, CLIP, the mm projector, SAM's image and prompt encoders.
+lm_head (the new ``[SEG]``/``[REJ]`` rows live there); the mask decoder of SAM or SAM2
+(``model.mask_decoder``; SAM2's includes its projections of the high-resolution feature levels);
+the query projector. Frozen: the LLM base weights, CLIP, the mm projector, SAM's image and prompt
+encoders (SAM2's vision encoder, prompt encoder and no-memory embedding).
 ``model.finetune`` chooses the LLM's part: ``lora`` as above, ``full`` the whole LLM, ``frozen``
 none of it (embeddings and lm_head included).
 """
@@ -15,8 +17,9 @@ from torch import nn
 from gsva.config import ModelConfig
 
 SAM_SIDE_TRAINED = ("visual_model.mask_decoder.", "query_projector.")
-"""Trained whatever the LLM policy: SAM's mask decoder and the query projector that feeds it (the
-SAM side of the model, with its own learning rate in training)."""
+"""Trained whatever the LLM policy: the mask decoder (SAM's or SAM2's, both ``visual_model.mask_decoder``)
+and the query projector that feeds it (the SAM side of the model, with its own learning rate in
+training)."""
 LLM_TRAINED_WITH_LORA = ("embed_tokens", "lm_head", "lora_")
 
 
