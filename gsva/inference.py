@@ -1,5 +1,5 @@
 """Segment what a text names in user images with a saved GSVA model: the one code path of
-``scripts/infer.py`` and of the demo page (``gsva.webapp``) for loading, prompts and masks.
+``scripts/infer.py`` and of the demo page (``gsva.demo.page``) for loading, prompts and masks.
 
     segmenter = Segmenter.load("runs/tiny_synthetic/final", default_device())
     image = segmenter.read_image("shapes.png")

@@ -5,10 +5,10 @@ expression's [SEG]/[REJ] decision and the masks.
     python scripts/demo_app.py --weights W --port 8080
     python scripts/demo_app.py --help                 # every option
 
-The page is gsva.webapp (also installed as the `gsva-demo` command).
+The page is gsva.demo.page (also installed as the `gsva-demo` command).
 """
 
-from gsva.webapp import main
+from gsva.demo.page import main
 
 if __name__ == "__main__":
     main()

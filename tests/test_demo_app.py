@@ -1,4 +1,4 @@
-"""The demo page (gsva.webapp): its handlers on a tiny model with random weights, and the page in a
+"""The demo page (gsva.demo.page): its handlers on a tiny model with random weights, and the page in a
 real browser (headless Debian chromium driven by Playwright) on a model trained by a shortened
 demo recipe (``trained_demo_weights``).
 
@@ -27,7 +27,7 @@ import torch
 from gsva.demo.synthetic import SyntheticSpec, render_image
 from gsva.inference import Segmenter, expressions_query, split_expressions
 from gsva.model.directory import save_pretrained
-from gsva.webapp import EXPRESSIONS, REASONING, DemoPage, PageSettings, check_weights, write_examples
+from gsva.demo.page import EXPRESSIONS, REASONING, DemoPage, PageSettings, check_weights, write_examples
 from tests.conftest import REPO, child_environment, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -17,7 +17,9 @@ from gsva.config import ConfigError, TinyDims
 from gsva.data.sample_builder import SlotTarget
 from gsva.data.samples import Collator, pad_sam_images
 from gsva.data.transforms import sam_resize
+from gsva.engine.export import write_merged
 from gsva.model import mask_decoding
+from gsva.model.encoder_features import encoder_layout
 from gsva.model.directory import load_trainable_weights, save_pretrained
 from gsva.model.gsva import PROTOCOLS
 from gsva.model.mask_head import mask_head_of
@@ -188,3 +190,25 @@ def test_sam2_config_keys(synthetic_root, tokenizer_dir, tmp_path):
     assert tiny_config(synthetic_root, tokenizer_dir, SAM2, "model.sam_type=vit_h").model.mask_decoder == "sam2"
     with pytest.raises(TypeError, match="no mask head for Linear"):
         mask_head_of(torch.nn.Linear(1, 1), SIZE)
+
+
+def test_sam2_merged_export_reloads_to_the_same_masks(synthetic_root, tokenizer_dir, tmp_path):
+    cfg = tiny_config(synthetic_root, tokenizer_dir, SAM2)
+    model = seeded_pipeline(cfg).model.eval()
+    with torch.no_grad():
+        for parameter in model.visual_model.mask_decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    merged_cfg, _ = write_merged(model, cfg, tmp_path)
+    save_pretrained(model, merged_cfg, tmp_path)
+    assert merged_cfg.model.sam2_path == str((tmp_path / "sam2").resolve()) and not (tmp_path / "sam.pth").exists()
+    reloaded = build_pipeline(merged_cfg)
+    load_trainable_weights(reloaded.model, tmp_path)
+    batch = _non_square_batch(reloaded)
+    for before, after in zip(model.predict(batch, "teacher-forced"), reloaded.model.eval().predict(batch, "teacher-forced")):
+        assert torch.equal(before.masks, after.masks)
+
+
+def test_the_feature_cache_refuses_sam2(synthetic_root, tokenizer_dir):
+    model = seeded_pipeline(tiny_config(synthetic_root, tokenizer_dir, SAM2)).model
+    with pytest.raises(ValueError, match="model.mask_decoder=sam2"):
+        encoder_layout(model, 32)

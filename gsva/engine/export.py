@@ -21,7 +21,8 @@ holds every parameter, frozen ones included): the values the run trained with, n
                       any other backbone: its transformers layout (``save_pretrained``, e.g. a
                       Qwen2_5_VLForConditionalGeneration directory); + the base tokenizer
     out/clip/         LLaVA only: the CLIP vision tower (HF directory, referenced by mm_vision_tower)
-    out/sam.pth       the whole SAM (segment_anything key layout)
+    out/sam.pth       the whole SAM (segment_anything key layout); with model.mask_decoder: sam2,
+                      out/sam2/ instead (the whole Sam2Model, transformers layout)
     out/model.safetensors + config.yaml   model.finetune=frozen and the paths above: the trainable set
                       of that policy (mask decoder, query projector) loads strictly
     out/config.json   the summary
@@ -184,11 +185,23 @@ def merge_lora_(module: nn.Module) -> int:
     return merged
 
 
+def write_mask_model(model: GsvaModel, mask_decoder: str, out: Path) -> dict[str, str]:
+    """Write the whole mask model as its checkpoint: SAM as ``out/sam.pth`` (segment_anything
+    layout), SAM2 as ``out/sam2/`` (transformers ``save_pretrained``); returns the config keys
+    that name it."""
+    if mask_decoder == "sam2":
+        model.visual_model.save_pretrained(str(out / "sam2"))
+        return {"sam2_path": str((out / "sam2").resolve())}
+    sam_file = out / "sam.pth"
+    write_torch_atomic(sam_file, {name: tensor.cpu() for name, tensor in model.visual_model.state_dict().items()})
+    return {"sam_checkpoint": str(sam_file.resolve())}
+
+
 def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]:
     """Merge LoRA into ``model`` (in place) and write the self-contained layout; returns the
     config of the written directory and the number of merged layers."""
     merged = merge_lora_(model.mllm.language_model)
-    llava_dir, clip_dir, sam_file = out / "llava", out / "clip", out / "sam.pth"
+    llava_dir, clip_dir = out / "llava", out / "clip"
     if isinstance(model.mllm, LlavaModel):
         save_llava_checkpoint(model.mllm, llava_dir, clip_dir)  # the original layout, its CLIP tower apart
         vision_tower_path = str(clip_dir.resolve())
@@ -197,15 +210,15 @@ def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]
         vision_tower_path = None
     # The base tokenizer (task tokens are added again on load, with the same ids).
     load_tokenizer(cfg.model.tokenizer_path or cfg.model.llava_path, cfg.data.model_max_length).save_pretrained(str(llava_dir))
-    write_torch_atomic(sam_file, {name: tensor.cpu() for name, tensor in model.visual_model.state_dict().items()})
+    mask_model = write_mask_model(model, cfg.model.mask_decoder, out)
     model_cfg = replace(
         cfg.model,
         llava_path=str(llava_dir.resolve()),
         tokenizer_path=str(llava_dir.resolve()),
         vision_tower_path=vision_tower_path,
-        sam_checkpoint=str(sam_file.resolve()),
         finetune="frozen",
         init_weights=None,
+        **mask_model,
     )
     merged_cfg = replace(cfg, model=model_cfg, components=replace(cfg.components, enabled=False))
     # The frozen-LLM policy on the merged model: only what it trains is stored beside.

@@ -19,6 +19,11 @@ from gsva.model.gsva import GsvaModel
 def encoder_layout(model: GsvaModel, clip_image_size: int) -> FeatureLayout:
     """The ``FeatureLayout`` of ``model``'s frozen encoders for vision inputs of
     ``clip_image_size`` (``data.clip_image_size``); hashes their weights: seconds at ViT-H size."""
+    if model.cfg.mask_decoder != "sam":
+        raise ValueError(
+            f"model.mask_decoder={model.cfg.mask_decoder}: the feature cache holds SAM's one image embedding per image, "
+            "not SAM2's three feature levels; run without data.feature_cache (and without scripts/precompute_features.py)"
+        )
     prompt_encoder = model.visual_model.prompt_encoder
     dtype = model.visual_model.image_encoder.patch_embed.proj.weight.dtype
     settings = {
