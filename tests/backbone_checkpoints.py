@@ -9,18 +9,10 @@ from pathlib import Path
 import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from gsva.model.backbones.qwen2_5_vl import QWEN_SPECIAL_TOKENS, make_chat_tokenizer
 from gsva.text.tokenizer import train_tiny_bpe
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-"""Qwen's ChatML chat template, for text content (the image is written into the text)."""
 CHATML_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-QWEN_TOKENS = (*CHATML_TOKENS, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 INTERNVL_TOKENS = (*CHATML_TOKENS, "<img>", "</img>", "<IMG_CONTEXT>")
 QWEN_IMAGE_SIZE = 56
 """Qwen2.5-VL inputs: a multiple of 28 (patch 14, 2x2 merge): 4 x 4 patches, 4 image tokens."""
@@ -31,19 +23,15 @@ TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 
 def write_chat_tokenizer(directory: Path, corpus: list[str], special: tuple[str, ...]):
-    """A byte-level BPE with ``special`` atomic tokens, no BOS, eos ``<|im_end|>``, pad
-    ``<|endoftext|>`` and the ChatML template, saved in ``directory``."""
-    tokenizer = train_tiny_bpe(corpus, 400, directory, extra_tokens=special)
-    tokenizer.bos_token = None
-    tokenizer.eos_token, tokenizer.pad_token, tokenizer.chat_template = "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE
-    tokenizer.save_pretrained(str(directory))
-    return tokenizer
+    """A byte-level BPE with ``special`` atomic tokens and Qwen's conventions (no BOS, eos
+    ``<|im_end|>``, pad ``<|endoftext|>``, the ChatML template), saved in ``directory``."""
+    return make_chat_tokenizer(train_tiny_bpe(corpus, 400, directory, extra_tokens=special), directory)
 
 
 def write_tiny_qwen2_5_vl(directory: Path, corpus: list[str], seed: int = 0) -> Path:
     """A random Qwen2.5-VL checkpoint with its tokenizer in ``directory``."""
-    tokenizer = write_chat_tokenizer(directory, corpus, QWEN_TOKENS)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_TOKENS}
+    tokenizer = write_chat_tokenizer(directory, corpus, QWEN_SPECIAL_TOKENS)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer), **TEXT, bos_token_id=None, eos_token_id=ids["<|im_end|>"],

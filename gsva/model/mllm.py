@@ -23,10 +23,9 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 from gsva.atomic import write_json_atomic, write_safetensors_atomic
 from gsva.config import TinyDims
-from gsva.model.generation import GreedyGeneration, generate_with_transformers
 from gsva.model.hf_loading import load_checked
-from gsva.model.splicing import SplicedInputs, splice_image_features, spliced_positions
 from gsva.model.pixels import normalize_clip_images
+from gsva.model.spliced_decoder import SplicedDecoder
 from gsva.tensor_files import load_tensor_file
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
@@ -71,7 +70,7 @@ def check_hidden_state_count(hidden_states: tuple[torch.Tensor, ...], num_layers
         )
 
 
-class LlavaModel(nn.Module):
+class LlavaModel(SplicedDecoder):
     def __init__(
         self,
         language_model: PreTrainedModel,
@@ -120,51 +119,6 @@ class LlavaModel(nn.Module):
         """(P, D_v) of ``vision_features`` for (B, 3, image_size, image_size) images."""
         config = self.vision_tower.config
         return ((image_size // config.patch_size) ** 2, config.hidden_size)
-
-    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(…) ids -> (…, D); ``IMAGE_TOKEN_INDEX`` entries embed as id 0 (they are replaced)."""
-        return self.language_model.get_input_embeddings()(token_ids.clamp(min=0))
-
-    def splice(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_features: torch.Tensor,
-        conv_to_image: torch.Tensor,
-        labels: torch.Tensor | None = None,
-    ) -> SplicedInputs:
-        """``splice_image_features`` with this model's token embeddings."""
-        return splice_image_features(self.embed_tokens, input_ids, attention_mask, image_features, conv_to_image, labels)
-
-    spliced_positions = staticmethod(spliced_positions)
-
-    def last_hidden_states(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, token_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(N, L', D) post-norm output of the decoder's last layer; ``attention_mask`` (N, L') or
-        None for causal attention only. ``token_ids`` (the spliced ids) are not needed: positions
-        follow the sequence."""
-        decoder = self.language_model.get_decoder()
-        mask = attention_mask.long() if attention_mask is not None else None
-        return decoder(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False).last_hidden_state
-
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.get_output_embeddings()(hidden)
-
-    def generate_from_embeds(
-        self,
-        inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_ids: torch.Tensor,
-        max_new_tokens: int,
-        eos_token_id: int,
-        pad_token_id: int,
-    ) -> GreedyGeneration:
-        """Greedy decoding from right-padded spliced prompts (N, L', D) with their (N, L') mask;
-        ``token_ids`` are not needed (``generate_with_transformers``)."""
-        return generate_with_transformers(
-            self.language_model, inputs_embeds, attention_mask, max_new_tokens, eos_token_id, pad_token_id
-        )
 
     def reinitialise_projector(self) -> None:
         """Replace the projector's weights by those of a freshly built projector of the same type:

@@ -41,7 +41,7 @@ from gsva.model.generation import GreedyGeneration
 from gsva.model.hf_loading import load_checked
 from gsva.model.mllm import scale_tiny_init
 from gsva.model.pixels import normalize_clip_images
-from gsva.model.splicing import SplicedInputs, splice_image_features, spliced_positions
+from gsva.model.spliced_decoder import SplicedDecoder
 from gsva.text.special_tokens import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 
 QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
@@ -119,7 +119,7 @@ class Qwen25VLTextForCausalLM(Qwen2_5_VLPreTrainedModel):
         return language_model
 
 
-class Qwen25VLBackbone(nn.Module):
+class Qwen25VLBackbone(SplicedDecoder):
     """Qwen2.5-VL behind GSVA's MLLM interface: ``vision_features`` -> ``mm_projector`` (identity)
     -> ``splice`` -> ``last_hidden_states`` (with the spliced token ids) -> ``lm_logits``, and
     ``generate_from_embeds`` for free greedy decoding."""
@@ -183,23 +183,6 @@ class Qwen25VLBackbone(nn.Module):
         return merged.reshape(clip_images.shape[0], -1, merged.shape[-1]).contiguous()
 
     # ----------------------------------------------------------------- text
-    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(…) ids -> (…, D); ``IMAGE_TOKEN_INDEX`` entries embed as id 0 (they are replaced)."""
-        return self.language_model.get_input_embeddings()(token_ids.clamp(min=0))
-
-    def splice(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_features: torch.Tensor,
-        conv_to_image: torch.Tensor,
-        labels: torch.Tensor | None = None,
-    ) -> SplicedInputs:
-        """``splice_image_features`` with this model's token embeddings."""
-        return splice_image_features(self.embed_tokens, input_ids, attention_mask, image_features, conv_to_image, labels)
-
-    spliced_positions = staticmethod(spliced_positions)
-
     def last_hidden_states(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, token_ids: torch.Tensor
     ) -> torch.Tensor:
@@ -213,9 +196,6 @@ class Qwen25VLBackbone(nn.Module):
             position_ids=mrope_position_ids(token_ids, attention_mask),
             use_cache=False,
         ).last_hidden_state
-
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.get_output_embeddings()(hidden)
 
     @torch.no_grad()
     def generate_from_embeds(
