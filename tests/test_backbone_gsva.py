@@ -133,3 +133,19 @@ def test_inference_serves_a_model_directory_of_the_backbone(checkpoint, syntheti
     for protocol in ("teacher-forced", "generate"):
         (prediction,) = segmenter.predict([image], [asked.query], protocol, max_new_tokens=6)
         assert prediction.masks.shape == (2, 40, 48) and len(prediction.rejected) == 2
+
+
+def test_gsva_learns_a_batch_on_the_backbone(checkpoint, synthetic_root):
+    """LoRA, the new token rows, the query projector and the mask decoder, trained on one batch,
+    drive its loss down (the whole-demo runs on a tiny Qwen2.5-VL are in docs/backbones.md)."""
+    pipeline = build_pipeline(backbone_config(checkpoint, synthetic_root, "model.lora_r=8"))
+    model, batch = pipeline.model, batch_of(pipeline, items=(0, 1, 2, 3))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model(batch)
+        optimizer.zero_grad()
+        loss.total.backward()
+        optimizer.step()
+        losses.append(loss.total.item())
+    assert losses[-1] < 0.5 * losses[0], losses
