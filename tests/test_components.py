@@ -26,4 +26,4 @@ def test_a_stage_below_its_floor_stops_with_its_name_and_measurement(synthetic_r
     assert match is not None, message
     assert float(match.group(1)) < 0.6
     assert f"components.{steps_key}" in message
-    assert not ComponentPaths.under(tmp_path / "components").complete()
+    assert not ComponentPaths.under(tmp_path / "components").complete("sam")

@@ -25,7 +25,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +45,10 @@ from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.tokenizer import train_tiny_bpe
 from gsva.data.transforms import clip_resize_crop, read_rgb, sam_resize
 from gsva.model.losses import bce_per_mask, dice_per_mask
-from gsva.model.mask_decoding import decode_masks, postprocess_masks
+from gsva.model.mask_head import build_visual_model, mask_head_of
 from gsva.model.backbones import IMAGE_MARKERS, Backbone
 from gsva.model.backbones.qwen2_5_vl import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, make_chat_tokenizer
 from gsva.model.mllm import LlavaModel, build_tiny_llava, save_llava_checkpoint
-from gsva.model.pixels import normalize_sam_images
-from gsva.model.sam import build_tiny_sam
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER
 
 LOGGER = logging.getLogger(__name__)
@@ -64,16 +62,22 @@ MAX_CHECKLIST = 5
 @dataclass
 class ComponentPaths:
     sam_checkpoint: Path
+    sam2_dir: Path
     llava_dir: Path
     clip_dir: Path
 
     @classmethod
     def under(cls, root: str | Path) -> "ComponentPaths":
         root = Path(root)
-        return cls(root / "sam_tiny.pth", root / "llava_tiny", root / "clip_tiny")
+        return cls(root / "sam_tiny.pth", root / "sam2_tiny", root / "llava_tiny", root / "clip_tiny")
 
-    def complete(self) -> bool:
-        return self.sam_checkpoint.is_file() and (self.llava_dir / "config.json").is_file()
+    def mask_model(self, mask_decoder: str) -> Path:
+        """Where the mask model of ``model.mask_decoder`` is saved (written last: it marks the
+        components complete)."""
+        return self.sam2_dir / "config.json" if mask_decoder == "sam2" else self.sam_checkpoint
+
+    def complete(self, mask_decoder: str) -> bool:
+        return self.mask_model(mask_decoder).is_file() and (self.llava_dir / "config.json").is_file()
 
 
 @dataclass
@@ -174,10 +178,10 @@ def _sam_queries(present: torch.Tensor, generator: torch.Generator) -> tuple[tor
 
 
 def pretrain_sam(cfg: Config, data: ColourData, held_out: ColourData, generator: torch.Generator) -> torch.nn.Module:
-    """Train a tiny SAM to segment every object of a prompted colour, then check its held-out
-    mask IoU against ``components.min_sam_iou``."""
-    sam = build_tiny_sam(cfg.model.tiny, cfg.data.sam_image_size)
-    prompts = torch.nn.Embedding(len(data.colours), cfg.model.tiny.prompt_embed_dim)
+    """Train a tiny mask model of ``model.mask_decoder`` (SAM, or SAM2) to segment every object of
+    a prompted colour, then check its held-out mask IoU against ``components.min_sam_iou``."""
+    sam = build_visual_model(replace(cfg.model, sam_checkpoint=None, sam2_path=None, sam_type="tiny"), cfg.data.sam_image_size)
+    prompts = torch.nn.Embedding(len(data.colours), mask_head_of(sam, cfg.data.sam_image_size).prompt_dim)
     steps = cfg.components.sam_steps
     update = OneCycleUpdater(list(sam.parameters()) + list(prompts.parameters()), cfg.components.sam_lr, steps)
     progress = tqdm(range(steps), desc="pretrain SAM")
@@ -200,10 +204,11 @@ def pretrain_sam(cfg: Config, data: ColourData, held_out: ColourData, generator:
 def _sam_mask_logits(
     cfg: Config, sam: torch.nn.Module, data: ColourData, images: torch.Tensor, queries: torch.Tensor, query_to_image: torch.Tensor
 ) -> torch.Tensor:
-    """(Q, C) prompt embeddings on ``images`` (B,) of ``data`` -> (Q, H, W) mask logits."""
-    embeddings = sam.image_encoder(normalize_sam_images(data.sam_images[images], [data.resized_size] * len(images)))
-    low_res = decode_masks(sam.mask_decoder, sam.prompt_encoder, embeddings, queries, query_to_image)
-    return postprocess_masks(low_res, cfg.data.sam_image_size, data.resized_size, data.original_size)
+    """(Q, C) prompt embeddings on ``images`` (B,) of ``data`` -> (Q, H, W) mask logits, the image
+    encoder trained too."""
+    head = mask_head_of(sam, cfg.data.sam_image_size)
+    features = head.encode(data.sam_images[images], [data.resized_size] * len(images), trainable=True)
+    return head.postprocess(head.decode(features, queries, query_to_image), data.resized_size, data.original_size)
 
 
 @torch.no_grad()
@@ -464,7 +469,7 @@ def prepare_components(cfg: Config) -> ComponentPaths:
     Each stage measures its held-out quality on ``components.held_out_split`` and stops the run with
     ``ComponentQualityError`` when it is below its floor (no component is saved then)."""
     paths = ComponentPaths.under(cfg.components.output_dir)
-    if paths.complete():
+    if paths.complete(cfg.model.mask_decoder):
         return paths
     with torch.random.fork_rng(devices=[]):  # the components are a function of the config alone
         torch.manual_seed(cfg.run.seed)
@@ -485,5 +490,8 @@ def _pretrain_and_save(cfg: Config, paths: ComponentPaths) -> None:
         save_llava_checkpoint(backbone, paths.llava_dir, paths.clip_dir)
     else:
         backbone.save_pretrained(paths.llava_dir)
-    write_torch_atomic(paths.sam_checkpoint, sam.state_dict())  # last: it marks the components complete
+    if cfg.model.mask_decoder == "sam2":  # last: the mask model marks the components complete
+        sam.save_pretrained(str(paths.sam2_dir))
+    else:
+        write_torch_atomic(paths.sam_checkpoint, sam.state_dict())
     LOGGER.info("tiny components ready in %.0fs", time.time() - start)

@@ -34,5 +34,9 @@ def prepare_demo(cfg: Config) -> Config:
     if not cfg.components.enabled:
         return cfg
     paths = ComponentPaths.under(cfg.components.output_dir)
-    model = replace(cfg.model, llava_path=str(paths.llava_dir), sam_checkpoint=str(paths.sam_checkpoint), sam_type="tiny")
+    if cfg.model.mask_decoder == "sam2":
+        mask_model = {"sam2_path": str(paths.sam2_dir)}
+    else:
+        mask_model = {"sam_checkpoint": str(paths.sam_checkpoint), "sam_type": "tiny"}
+    model = replace(cfg.model, llava_path=str(paths.llava_dir), **mask_model)
     return replace(cfg, model=model)

@@ -30,9 +30,10 @@ class MaskHead(Protocol):
     def prompt_dim(self) -> int:
         """Width C of a sparse prompt token (the query projector's output)."""
 
-    def encode(self, images: torch.Tensor, resized_sizes: list[tuple[int, int]]) -> ImageFeatures:
+    def encode(self, images: torch.Tensor, resized_sizes: list[tuple[int, int]], trainable: bool = False) -> ImageFeatures:
         """(B, 3, S, S) uint8 images, image b zero-padded bottom-right beyond ``resized_sizes[b]``
-        -> the frozen image encoder's features (no gradient)."""
+        -> the image encoder's features; no gradient unless ``trainable`` (GSVA keeps the encoder
+        frozen; the demo's component stage trains it)."""
 
     def decode(self, features: ImageFeatures, queries: torch.Tensor, query_to_image: torch.Tensor) -> torch.Tensor:
         """(Q, C) queries, each decoded on the features of image ``query_to_image[q]`` (Q,) ->

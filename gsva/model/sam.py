@@ -159,12 +159,12 @@ class SamHead:
     def prompt_dim(self) -> int:
         return self.sam.prompt_encoder.embed_dim
 
-    def encode(self, images: torch.Tensor, resized_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, resized_sizes: list[tuple[int, int]], trainable: bool = False) -> torch.Tensor:
         """(B, 3, S, S) uint8, zero-padded bottom-right -> (B, C, S/16, S/16) embeddings of the
-        frozen image encoder, ``SAM_IMAGES_PER_CHUNK`` images at a time."""
+        image encoder (frozen unless ``trainable``), ``SAM_IMAGES_PER_CHUNK`` images at a time."""
         encoder = self.sam.image_encoder
         pixels = normalize_sam_images(images, resized_sizes).to(encoder.patch_embed.proj.weight.dtype)
-        with torch.no_grad():
+        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
             return torch.cat([encoder(chunk) for chunk in pixels.split(SAM_IMAGES_PER_CHUNK)])
 
     def decode(self, features: torch.Tensor, queries: torch.Tensor, query_to_image: torch.Tensor) -> torch.Tensor:

@@ -149,9 +149,8 @@ def build_sam2(directory: str | Path | None, dims: TinyDims, image_size: int) ->
     return load_sam2(directory, image_size)
 
 
-@torch.no_grad()
 def encode_sam2(sam2: Sam2Model, pixels: torch.Tensor) -> Sam2Features:
-    """(B, 3, S, S) normalised pixels -> the frozen vision encoder's ``Sam2Features``."""
+    """(B, 3, S, S) normalised pixels -> the vision encoder's ``Sam2Features``."""
     fine, middle, coarse = sam2.vision_encoder(pixels).fpn_hidden_states
     image_embeddings = coarse + sam2.no_memory_embedding.reshape(1, -1, 1, 1)
     return Sam2Features(image_embeddings=image_embeddings, stride4=fine, stride8=middle)
@@ -227,12 +226,13 @@ class Sam2Head:
     def prompt_dim(self) -> int:
         return self.sam2.config.prompt_encoder_config.hidden_size
 
-    def encode(self, images: torch.Tensor, resized_sizes: list[tuple[int, int]]) -> Sam2Features:
-        """(B, 3, S, S) uint8, zero-padded bottom-right -> ``Sam2Features``, ``SAM2_IMAGES_PER_CHUNK``
-        images at a time."""
+    def encode(self, images: torch.Tensor, resized_sizes: list[tuple[int, int]], trainable: bool = False) -> Sam2Features:
+        """(B, 3, S, S) uint8, zero-padded bottom-right -> ``Sam2Features`` of the vision encoder
+        (frozen unless ``trainable``), ``SAM2_IMAGES_PER_CHUNK`` images at a time."""
         dtype = self.sam2.vision_encoder.backbone.patch_embed.projection.weight.dtype
         pixels = normalize_sam2_images(images, resized_sizes).to(dtype)
-        parts = [encode_sam2(self.sam2, chunk) for chunk in pixels.split(SAM2_IMAGES_PER_CHUNK)]
+        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+            parts = [encode_sam2(self.sam2, chunk) for chunk in pixels.split(SAM2_IMAGES_PER_CHUNK)]
         return Sam2Features(
             image_embeddings=torch.cat([part.image_embeddings for part in parts]),
             stride4=torch.cat([part.stride4 for part in parts]),
