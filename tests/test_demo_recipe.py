@@ -34,10 +34,11 @@ def test_each_stage_clears_the_full_recipes_floor(short_demo_runs, seed):
 
 
 def test_release_preset_trains_the_demo_end_to_end(short_demo_runs):
-    """The shortened demo with the release preset trains, saves and evaluates with the released
-    code's evaluation prompt and metric variant, and its masks clearly beat both baselines. (Its
-    rejections are not asserted: with the random frozen image projector of the released code the
-    shortened demo does not learn to reject; docs/recipe.md gives the measurements.)"""
+    """The shortened demo with the release preset (``RELEASE_DEMO_STEPS`` GSVA steps) trains, saves
+    and evaluates with the released code's evaluation prompt and metric variant, and its masks
+    clearly beat both baselines. (Its rejections are not asserted: with the random frozen image
+    projector of the released code the demo learns to reject slowly; docs/recipe.md gives the
+    measurements.)"""
     run = short_demo_runs.release()
     report = json.loads((run.folder / "eval" / "grefcoco_val_teacher-forced_gsva_release" / "metrics.json").read_text())
     assert report["settings"]["metric_variant"] == "gsva" and report["prompt_style"] == "gsva_release"
