@@ -153,7 +153,8 @@ class DataConfig:
     has fewer); null = ``num_classes_per_sample``, as the authors' released code."""
     conversation: Literal["llava_v1", "llava_llama_2", "chat_template"] = "llava_v1"
     """Conversation template (``gsva.text.conversation``): LLaVA's ``llava_v1`` or ``llava_llama_2``,
-    or ``chat_template``, the checkpoint tokenizer's own chat template (Qwen2.5-VL, InternVL)."""
+    or ``chat_template``, the checkpoint tokenizer's own chat template (Qwen2.5-VL, InternVL,
+    LLaVA-NeXT)."""
     sam_image_size: int = 1024
     clip_image_size: int = 224
     clip_preprocess: Literal["crop", "pad"] = "crop"
@@ -210,19 +211,23 @@ class TinyDims:
     """Tiny SAM2: attention heads of the first Hiera stage, doubled at each next one."""
     sam2_blocks_per_stage: list[int] = field(default_factory=lambda: [1, 1, 2, 1])
     """Tiny SAM2: blocks of each of the four Hiera stages."""
+    sam2_patch_stride: int = 4
+    """Tiny SAM2: pixels per side of one first-stage patch (SAM2's own: 4, its kernel 7); the image
+    embedding is 4 × this (an 8 × 8 embedding at the demo's 64 px takes 2, as the tiny SAM's
+    8 px patches do)."""
     sam2_window_sizes: list[int] = field(default_factory=lambda: [4, 4, 2, 2])
     """Tiny SAM2: attention window side of each Hiera stage (the first stage's must divide
-    ``data.sam_image_size`` / 4)."""
+    ``data.sam_image_size`` / ``sam2_patch_stride``)."""
     sam2_global_attn_indexes: list[int] = field(default_factory=lambda: [3])
     """Tiny SAM2: Hiera blocks (counted over all stages) with global attention."""
 
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["auto", "llava", "llava_hf", "qwen2_5_vl", "internvl"] = "auto"
+    backbone: Literal["auto", "llava", "llava_hf", "qwen2_5_vl", "internvl", "llava_next"] = "auto"
     """The multimodal LLM (``gsva.model.backbones``): ``auto`` = as the checkpoint's
-    ``config.json`` says (the original LLaVA layout, llava-hf, Qwen2.5-VL or InternVL-hf); a named
-    kind must match the checkpoint. Without a checkpoint: a random tiny LLaVA."""
+    ``config.json`` says (the original LLaVA layout, llava-hf, Qwen2.5-VL, InternVL-hf or
+    LLaVA-NeXT); a named kind must match the checkpoint. Without a checkpoint: a random tiny LLaVA."""
     llava_path: Optional[str] = None
     """The multimodal LLM's checkpoint directory (any kind of ``backbone``)."""
     tokenizer_path: Optional[str] = None

@@ -1,4 +1,4 @@
-"""GSVA on the transformers-layout backbones (Qwen2.5-VL, InternVL), through the same
+"""GSVA on the transformers-layout backbones (Qwen2.5-VL, InternVL, LLaVA-NeXT), through the same
 ``build_pipeline`` a user's config goes through: trains with LoRA on the language model only,
 predicts under both protocols, and exports a merged model directory in the backbone's own layout
 that loads back to the same predictions."""
@@ -25,10 +25,21 @@ from gsva.evaluation.settings import EvalSettings
 from gsva.inference import Segmenter
 from gsva.model.directory import load_trainable_weights, save_pretrained
 from gsva.pipeline import build_pipeline
-from tests.backbone_checkpoints import INTERNVL_IMAGE_SIZE, QWEN_IMAGE_SIZE, write_tiny_internvl, write_tiny_qwen2_5_vl
+from tests.backbone_checkpoints import (
+    INTERNVL_IMAGE_SIZE,
+    LLAVA_NEXT_IMAGE_SIZE,
+    QWEN_IMAGE_SIZE,
+    write_tiny_internvl,
+    write_tiny_llava_next,
+    write_tiny_qwen2_5_vl,
+)
 from tests.conftest import TINY_CONFIG
 
-CHECKPOINTS = {"qwen2_5_vl": (write_tiny_qwen2_5_vl, QWEN_IMAGE_SIZE), "internvl": (write_tiny_internvl, INTERNVL_IMAGE_SIZE)}
+CHECKPOINTS = {
+    "qwen2_5_vl": (write_tiny_qwen2_5_vl, QWEN_IMAGE_SIZE),
+    "internvl": (write_tiny_internvl, INTERNVL_IMAGE_SIZE),
+    "llava_next": (write_tiny_llava_next, LLAVA_NEXT_IMAGE_SIZE),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
@@ -62,7 +73,7 @@ def test_the_backbone_is_chosen_from_the_checkpoint_and_prompted_with_its_chat_t
     sample = batch_of(pipeline, items=(0,))
     text = pipeline.tokenizer.decode([t for t in sample.input_ids[0].tolist() if t >= 0])
     assert text.startswith("<|im_start|>system") and "<|im_start|>assistant\n" in text
-    assert {"qwen2_5_vl": "<|vision_start|><|vision_end|>", "internvl": "<img></img>"}[kind] in text
+    assert {"qwen2_5_vl": "<|vision_start|><|vision_end|>", "internvl": "<img></img>", "llava_next": "user\n\n"}[kind] in text
     answer = pipeline.tokenizer.decode([t for t in sample.labels[0].tolist() if t >= 0])
     assert answer.endswith("<|im_end|>\n") and ("[SEG]" in answer or "[REJ]" in answer)
 

@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
-from torch import nn
 from transformers import InternVLConfig, InternVLForConditionalGeneration, LlavaConfig, Qwen2Config
 
-from gsva.feature_cache import FeatureCache, FeatureCacheWriter, FeatureLayout, image_key
 from gsva.model.backbones.internvl import (
     IMAGE_CONTEXT_TOKEN,
     IMAGE_END_TOKEN,
@@ -23,11 +17,20 @@ from gsva.model.backbones.internvl import (
     load_internvl,
     ties_word_embeddings,
 )
-from gsva.model.generation import left_align
 from gsva.text.conversation import ChatTemplate
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.tokenizer import load_tokenizer, train_tiny_bpe
+from tests.backbone_helpers import (
+    backbone_logits,
+    check_cached_features_give_the_loss_of_pixels,
+    check_generated_states_are_teacher_forced,
+    lora_holders,
+    lora_module_names,
+    random_images,
+    tokenized_rows,
+    unit_scale_,
+)
 
 TILE = 28
 PATCH = 7
@@ -74,43 +77,11 @@ def tiny_config(tokenizer, vision_feature_layer: int = -1, tie: bool = True) -> 
     )
 
 
-def unit_scale_(model: nn.Module) -> None:
-    """Weights of unit-scale activations (N(0, 1/fan_in) matrices, norms and scales around 1), so
-    that the comparisons below are made on logits of order one, not on near-constant ones."""
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() >= 2:
-                parameter.normal_(0.0, parameter[0].numel() ** -0.5)
-            else:
-                parameter.add_(0.1 * torch.randn_like(parameter))
-
-
 def build_hf(config: InternVLConfig, seed: int = 0) -> InternVLForConditionalGeneration:
     torch.manual_seed(seed)
     hf = InternVLForConditionalGeneration(config)
     unit_scale_(hf)
     return hf.eval()
-
-
-def random_images(count: int, seed: int = 1) -> torch.Tensor:
-    """(count, 3, TILE, TILE) uint8."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (count, 3, TILE, TILE), dtype=torch.uint8, generator=generator)
-
-
-def tokenized_rows(tokenizer, conversations) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (N, L) input ids (one ``IMAGE_TOKEN_INDEX`` per row), attention mask, labels."""
-    template = ChatTemplate(tokenizer)
-    rows = [tokenize_conversation(template.render(turns), tokenizer) for turns in conversations]
-    length = max(len(row.input_ids) for row in rows)
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id)
-    labels = torch.full((len(rows), length), IGNORE_INDEX)
-    mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids)
-        labels[index, : len(row.labels)] = torch.tensor(row.labels)
-        mask[index, : len(row.input_ids)] = True
-    return input_ids, mask, labels
 
 
 def expanded_ids(input_ids: torch.Tensor, image_token_id: int, patches: int) -> torch.Tensor:
@@ -122,16 +93,9 @@ def expanded_ids(input_ids: torch.Tensor, image_token_id: int, patches: int) -> 
     return torch.tensor(rows)
 
 
-def backbone_logits(backbone: InternVLBackbone, input_ids, mask, image_features, conv_to_image, labels=None):
-    """(spliced inputs, (N, L', D) last states, (N, L', V) logits) through the adapter."""
-    spliced = backbone.splice(input_ids, mask, image_features, conv_to_image, labels)
-    hidden = backbone.last_hidden_states(spliced.inputs_embeds, spliced.attention_mask)
-    return spliced, hidden, backbone.lm_logits(hidden)
-
-
 def test_pixel_values_equal_the_image_processor_output(tokenizer):
     backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
-    images = random_images(3)
+    images = random_images(3, TILE)
     expected = backbone.image_processor()(list(images), return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(backbone.pixel_values(images), expected, rtol=0, atol=1e-6)
 
@@ -146,7 +110,7 @@ def test_pixel_values_refuse_another_image_size(tokenizer):
 def test_projected_vision_features_are_get_image_features(tokenizer, vision_feature_layer):
     hf = build_hf(tiny_config(tokenizer, vision_feature_layer))
     backbone = InternVLBackbone.from_hf(hf)
-    images = random_images(2)
+    images = random_images(2, TILE)
     with torch.no_grad():
         pixel_values = backbone.image_processor()(list(images), return_tensors="pt")["pixel_values"]
         expected = hf.get_image_features(pixel_values).pooler_output
@@ -170,7 +134,7 @@ def test_logits_and_states_equal_the_plain_forward(tokenizer):
     config = tiny_config(tokenizer)
     hf = build_hf(config)
     backbone = InternVLBackbone.from_hf(hf)
-    images = random_images(2)
+    images = random_images(2, TILE)
     conv_to_image = torch.tensor([1, 0])
     input_ids, mask, _ = tokenized_rows(tokenizer, [TURNS, SHORT_TURNS])
     assert mask.sum(1).tolist()[0] != mask.sum(1).tolist()[1]
@@ -190,65 +154,15 @@ def test_logits_and_states_equal_the_plain_forward(tokenizer):
     torch.testing.assert_close(hidden[valid], reference.hidden_states[-1][valid], rtol=0, atol=1e-5)
 
 
-def cached_vision_features(backbone: InternVLBackbone, images: torch.Tensor, root: Path) -> torch.Tensor:
-    """(B, N, D_v) features of ``images`` written to a feature cache at ``root`` and read back."""
-    features = backbone.vision_features(images)
-    layout = FeatureLayout("internvl", sam_shape=(1,), clip_shape=tuple(features.shape[1:]), dtype="float32")
-    keys = [image_key(torch.zeros((3, 1, 1), dtype=torch.uint8), image) for image in images]
-    with FeatureCacheWriter(root, layout, "test") as writer:
-        for key, image_features in zip(keys, features):
-            writer.add(key, torch.zeros(1), image_features)
-    return FeatureCache.open(root).get_batch(keys)[1]
-
-
 def test_cached_features_give_the_logits_and_loss_of_pixels(tokenizer, tmp_path):
     backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
-    images = random_images(2)
-    conv_to_image = torch.tensor([0, 1])
-    input_ids, mask, labels = tokenized_rows(tokenizer, [TURNS, SHORT_TURNS])
-    results = []
-    with torch.no_grad():
-        cached = cached_vision_features(backbone, images, tmp_path / "cache")
-        for features in (backbone.vision_features(images), cached):
-            image_features = backbone.mm_projector(features)
-            spliced, _, logits = backbone_logits(backbone, input_ids, mask, image_features, conv_to_image, labels)
-            targets = spliced.labels[:, 1:].flatten()
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets, ignore_index=IGNORE_INDEX)
-            results.append((logits, loss))
-    (pixel_logits, pixel_loss), (cached_logits, cached_loss) = results
-    torch.testing.assert_close(cached_logits, pixel_logits, rtol=0, atol=0)
-    torch.testing.assert_close(cached_loss, pixel_loss, rtol=0, atol=0)
+    check_cached_features_give_the_loss_of_pixels(backbone, tokenizer, [TURNS, SHORT_TURNS], random_images(2, TILE), tmp_path / "cache")
 
 
 def test_generate_states_equal_teacher_forced_states(tokenizer):
     backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
-    images = random_images(2)
-    conv_to_image = torch.tensor([0, 1])
     prompts = [[(TURNS[0][0], None)], [(SHORT_TURNS[0][0], None)]]
-    input_ids, mask, _ = tokenized_rows(tokenizer, prompts)
-    steps = 4
-    with torch.no_grad():
-        image_features = backbone.mm_projector(backbone.vision_features(images))
-        spliced = backbone.splice(input_ids, mask, image_features, conv_to_image)
-        embeds, left_mask = left_align(spliced.inputs_embeds, spliced.attention_mask)
-        output = backbone.language_model.generate(
-            inputs_embeds=embeds, attention_mask=left_mask.long(), max_new_tokens=steps, min_new_tokens=steps,
-            do_sample=False, num_beams=1, output_hidden_states=True, return_dict_in_generate=True,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-        generated = output.sequences[:, -steps:]
-        producing = torch.stack([step[-1][:, -1] for step in output.hidden_states], dim=1)
-        lengths = mask.sum(1)
-        full_ids = torch.full((2, input_ids.shape[1] + steps), tokenizer.pad_token_id)
-        for row in range(2):
-            full_ids[row, : lengths[row] + steps] = torch.cat([input_ids[row, : lengths[row]], generated[row]])
-        full_mask = full_ids != tokenizer.pad_token_id
-        full_mask[:, : input_ids.shape[1]] = mask
-        teacher = backbone.splice(full_ids, full_mask, image_features, conv_to_image)
-        hidden = backbone.last_hidden_states(teacher.inputs_embeds, None)
-    for row in range(2):
-        first = int(lengths[row]) - 1 + backbone.image_token_count - 1
-        torch.testing.assert_close(producing[row], hidden[row, first : first + steps], rtol=0, atol=1e-5)
+    check_generated_states_are_teacher_forced(backbone, tokenizer, prompts, random_images(2, TILE))
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -280,7 +194,7 @@ def test_save_load_round_trip(tokenizer, tmp_path, tie):
     loaded = load_internvl(tmp_path / "internvl", torch.float32).eval()
     assert (loaded.image_mean, loaded.image_std) == (mean, std)
     assert ties_word_embeddings(loaded.language_model) == tie
-    images = random_images(2)
+    images = random_images(2, TILE)
     conv_to_image = torch.tensor([0, 1])
     input_ids, mask, _ = tokenized_rows(tokenizer, [TURNS, SHORT_TURNS])
     input_ids[0, 1] = len(tokenizer) + 1
@@ -300,16 +214,10 @@ def test_save_refuses_unmerged_lora(tokenizer, tmp_path):
         backbone.save_pretrained(tmp_path / "internvl")
 
 
-def lora_module_names(root: nn.Module) -> list[str]:
-    return [name for name, module in root.named_modules() if isinstance(module, LoraLayer)]
-
-
 @pytest.mark.parametrize("holder", ["language_model", "backbone", "gsva"])
 def test_lora_lands_only_in_the_language_model(tokenizer, holder):
     backbone = InternVLBackbone.from_hf(build_hf(tiny_config(tokenizer)))
-    roots = {"language_model": (backbone.language_model, ""), "backbone": (backbone, "language_model."),
-             "gsva": (nn.ModuleDict({"mllm": backbone}), "mllm.language_model.")}
-    root, prefix = roots[holder]
+    root, prefix = lora_holders(backbone)[holder]
     target = backbone.lora_target_modules(["q_proj", "v_proj"])
     inject_adapter_in_model(LoraConfig(r=2, target_modules=target), root)
     names = lora_module_names(root)

@@ -15,6 +15,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
+    LlavaOnevisionConfig,
     Qwen2_5_VLConfig,
     Qwen2Config,
 )
@@ -46,11 +47,12 @@ def checkpoints(tmp_path) -> dict[str, Path]:
         "qwen2_5_vl": saved(tmp_path / "qwen", Qwen2_5_VLConfig(text_config=TINY_TEXT)),
         "internvl": saved(tmp_path / "internvl", InternVLConfig(text_config=Qwen2Config(**TINY_TEXT))),
         "llava_next": saved(tmp_path / "next", LlavaNextConfig(text_config=LlamaConfig(**TINY_TEXT), vision_config=CLIPVisionConfig(**TINY_CLIP))),
+        "llava_onevision": saved(tmp_path / "onevision", LlavaOnevisionConfig(text_config=Qwen2Config(**TINY_TEXT))),
         "qwen2": saved(tmp_path / "qwen2", Qwen2Config(**TINY_TEXT)),
     }
 
 
-@pytest.mark.parametrize("kind", ["llava", "llava_hf", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("kind", ["llava", "llava_hf", "qwen2_5_vl", "internvl", "llava_next"])
 def test_the_kind_is_read_from_the_checkpoint_and_a_named_kind_must_match(checkpoints, kind):
     assert checkpoint_kind(checkpoints[kind]) == kind
     assert resolve_backbone("auto", checkpoints[kind]) == kind
@@ -60,12 +62,21 @@ def test_the_kind_is_read_from_the_checkpoint_and_a_named_kind_must_match(checkp
         resolve_backbone(other, checkpoints[kind])
 
 
-def test_llava_next_is_refused_rather_than_loaded_as_plain_llava(checkpoints):
+def test_llava_next_is_its_own_kind_never_loaded_as_plain_llava(checkpoints):
     directory = checkpoints["llava_next"]
-    with pytest.raises(ValueError, match=f"{directory}.*'llava_next'"):
-        checkpoint_kind(directory)
+    assert checkpoint_kind(directory) == "llava_next"
+    with pytest.raises(ValueError, match=f"model.backbone='llava_hf'.*{directory}.*'llava_next'"):
+        resolve_backbone("llava_hf", directory)
     with pytest.raises(ValueError, match=f"{directory}.*'llava_next'"):
         load_llava_hf(directory, torch.float32)
+
+
+def test_llava_onevision_is_refused_rather_than_loaded_as_plain_llava(checkpoints):
+    directory = checkpoints["llava_onevision"]
+    with pytest.raises(ValueError, match=f"{directory}.*'llava_onevision'"):
+        checkpoint_kind(directory)
+    with pytest.raises(ValueError, match=f"{directory}.*'llava_onevision'"):
+        resolve_backbone("llava_next", directory)
 
 
 def test_a_text_only_or_missing_checkpoint_is_refused_by_name(checkpoints, tmp_path):

@@ -19,7 +19,7 @@ def test_llava_hf_checkpoint_gives_the_same_features_and_logits(tmp_path):
     )
     reference = LlavaForConditionalGeneration(config).eval()
     reference.save_pretrained(str(tmp_path))
-    ours = load_backbone("llava_hf", tmp_path, None, torch.float32).eval()
+    ours = load_backbone("llava_hf", tmp_path, None, torch.float32, image_size=28).eval()
     assert ours.projector_type == "mlp2x_gelu" and ours.select_layer == -2
     assert not any(p.is_meta for p in ours.parameters())
 

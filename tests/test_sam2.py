@@ -38,6 +38,13 @@ def tiny_sam2() -> Sam2Model:
     return build_tiny_sam2(TinyDims(), SIZE).eval()
 
 
+@pytest.fixture(scope="module")
+def tiny_sam2_stride2() -> Sam2Model:
+    """The demo's tiny SAM2 (``model.tiny.sam2_patch_stride: 2``): an image embedding of S/8."""
+    torch.manual_seed(0)
+    return build_tiny_sam2(TinyDims(sam2_patch_stride=2), SIZE).eval()
+
+
 def _padded_batch(images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]], list[torch.Tensor]]:
     """The data path's SAM input of ``images``: (B, 3, S, S) uint8, resized sizes, resized images."""
     resized = [sam_resize(image, SIZE) for image in images]
@@ -60,11 +67,13 @@ def test_preprocessing_equals_the_image_processor():
     assert torch.equal(ours[2:], processor(images=originals, return_tensors="pt").pixel_values)
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 1])
-def test_batched_decode_equals_sam2_model_per_image(monkeypatch, tiny_sam2, chunk_bytes):
+@pytest.mark.parametrize(("chunk_bytes", "patch_stride"), [(None, 4), (1, 4), (None, 2)])
+def test_batched_decode_equals_sam2_model_per_image(monkeypatch, request, chunk_bytes, patch_stride):
     """All queries of a batch decoded together (in one chunk, or one query per chunk) equal
     ``Sam2Model``'s mask decoder run image by image on its own image embeddings with the queries
-    as sparse prompts, the no-mask dense prompt and ``multimask_output=False``."""
+    as sparse prompts, the no-mask dense prompt and ``multimask_output=False``; masks are 4x the
+    image embedding, S/patch_stride per side."""
+    tiny_sam2 = request.getfixturevalue("tiny_sam2" if patch_stride == 4 else "tiny_sam2_stride2")
     if chunk_bytes is not None:
         monkeypatch.setitem(mask_decoding.CHUNK_BYTES, "cpu", chunk_bytes)
     rng = np.random.default_rng(1)
@@ -88,8 +97,13 @@ def test_batched_decode_equals_sam2_model_per_image(monkeypatch, tiny_sam2, chun
                 multimask_output=False,
                 high_resolution_features=embeddings[:-1],
             )
-            assert masks.shape[-2:] == ours.shape[-2:] == (SIZE // 4, SIZE // 4)
+            assert masks.shape[-2:] == ours.shape[-2:] == (SIZE // patch_stride, SIZE // patch_stride)
             torch.testing.assert_close(ours[picked], masks[0, :, 0], rtol=0, atol=1e-5)
+
+
+def test_tiny_sam2_needs_an_image_size_its_stages_divide():
+    with pytest.raises(ValueError, match=r"sam2_patch_stride=2 needs data\.sam_image_size divisible by 16, got 72"):
+        build_tiny_sam2(TinyDims(sam2_patch_stride=2), 72)
 
 
 def test_postprocess_resizes_to_the_original_size(tiny_sam2):

@@ -45,7 +45,7 @@ def backbone_image_marker(cfg: Config) -> str | None:
 def resolve_image_markers(setting: str | bool, llava_config: Mapping[str, Any]) -> bool:
     """``model.use_im_start_end`` for the LLaVA of ``llava_config`` (its ``config.json``): true or
     false as set; ``auto`` = the original layout's ``mm_use_im_start_end`` (never in a
-    transformers-layout checkpoint: llava-hf, Qwen2.5-VL, InternVL)."""
+    transformers-layout checkpoint: llava-hf, Qwen2.5-VL, InternVL, LLaVA-NeXT)."""
     if setting != "auto":
         return setting
     return "vision_config" not in llava_config and bool(llava_config.get("mm_use_im_start_end", False))
@@ -71,7 +71,7 @@ def _build(cfg: Config, vocabulary: TaskVocabulary) -> GsvaModel:
     kind = resolve_backbone(model_cfg.backbone, model_cfg.llava_path)
     check_backbone_settings(cfg, kind)
     if model_cfg.llava_path is not None:
-        mllm = load_backbone(kind, model_cfg.llava_path, model_cfg.vision_tower_path, dtype)
+        mllm = load_backbone(kind, model_cfg.llava_path, model_cfg.vision_tower_path, dtype, cfg.data.clip_image_size)
     else:
         mllm = build_tiny_llava(model_cfg.tiny, vocabulary.base_size, cfg.data.clip_image_size, use_im_start_end=False)
     if kind in ("llava", "llava_hf"):

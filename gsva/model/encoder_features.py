@@ -2,7 +2,8 @@
 
 A record is the SAM image embedding (C, S/16, S/16) and the backbone's frozen vision features
 (P, D_v: for LLaVA, the CLIP patch features of ``select_layer`` before the mm projector; for
-Qwen2.5-VL, the merger's output), in the model's dtype: exactly what ``GsvaModel`` would compute,
+Qwen2.5-VL, the merger's output; for LLaVA-NeXT, the CLIP features of the base patch and every
+anyres tile, before projector and packing), in the model's dtype: exactly what ``GsvaModel`` would compute,
 so training from the cache gives the same losses. The layout's fingerprint hashes both encoders'
 weights and the preprocessing (input sizes, the backbone's feature settings).
 """

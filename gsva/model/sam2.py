@@ -46,9 +46,10 @@ SAM2_MODEL_TYPES = ("sam2", "sam2_video")
 """``model_type`` of the ``config.json`` of a checkpoint ``Sam2Model`` reads."""
 SAM2_IMAGES_PER_CHUNK = 4
 """Images encoded together: the global attention blocks hold a (heads, N, N) matrix per image."""
-SAM2_PATCH_SIZE = 16
-"""Input pixels per side of one image-embedding cell (the prompt encoder's ``patch_size``)."""
 HIERA_STAGES = 4
+HIERA_QUERY_POOL_STAGES = 3
+"""Stages after the first, each halving the grid: the image embedding is the third FPN level, at
+4 × the patch stride (16 px for SAM2's stride of 4)."""
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,24 @@ class Sam2Features:
     """The frozen SAM2 vision encoder's outputs for B images of side S (C = the FPN width)."""
 
     image_embeddings: torch.Tensor
-    """(B, C, S/16, S/16): the lowest FPN level with the no-memory embedding added."""
+    """(B, C, h, w): the lowest FPN level with the no-memory embedding added (h = S/16 at SAM2's
+    patch stride of 4)."""
     stride4: torch.Tensor
-    """(B, C, S/4, S/4): the highest-resolution FPN level, before the decoder's ``conv_s0``."""
+    """(B, C, 4h, 4w): the highest-resolution FPN level, before the decoder's ``conv_s0``."""
     stride8: torch.Tensor
-    """(B, C, S/8, S/8): the middle FPN level, before the decoder's ``conv_s1``."""
+    """(B, C, 2h, 2w): the middle FPN level, before the decoder's ``conv_s1``."""
 
 
 def tiny_sam2_config(dims: TinyDims, image_size: int) -> Sam2Config:
     """A SAM2 of the standard architecture at ``dims``' small sizes, for ``image_size`` inputs: a
     four-stage Hiera whose width and heads double at each stage, an FPN (and prompt encoder and
     mask decoder) of width ``prompt_embed_dim``."""
-    if image_size % (4 * 2 ** (HIERA_STAGES - 1)):
-        raise ValueError(f"a tiny SAM2 needs data.sam_image_size divisible by 32, got {image_size}")
+    stride = dims.sam2_patch_stride
+    if image_size % (stride * 2**HIERA_QUERY_POOL_STAGES):
+        raise ValueError(
+            f"a tiny SAM2 with model.tiny.sam2_patch_stride={stride} needs data.sam_image_size divisible by "
+            f"{stride * 2**HIERA_QUERY_POOL_STAGES}, got {image_size}"
+        )
     for key in ("sam2_blocks_per_stage", "sam2_window_sizes"):
         if len(getattr(dims, key)) != HIERA_STAGES:
             raise ValueError(f"model.tiny.{key} needs one value per Hiera stage ({HIERA_STAGES}), got {getattr(dims, key)}")
@@ -77,6 +83,9 @@ def tiny_sam2_config(dims: TinyDims, image_size: int) -> Sam2Config:
         hidden_size=widths[0],
         num_attention_heads=dims.sam2_heads,
         image_size=[image_size, image_size],
+        patch_kernel_size=[2 * stride - 1] * 2,
+        patch_stride=[stride] * 2,
+        patch_padding=[stride - 1] * 2,
         blocks_per_stage=list(dims.sam2_blocks_per_stage),
         embed_dim_per_stage=widths,
         num_attention_heads_per_stage=[dims.sam2_heads * 2**stage for stage in range(HIERA_STAGES)],
@@ -86,13 +95,13 @@ def tiny_sam2_config(dims: TinyDims, image_size: int) -> Sam2Config:
     vision = Sam2VisionConfig(
         backbone_config=backbone,
         backbone_channel_list=widths[::-1],
-        backbone_feature_sizes=[[image_size // stride] * 2 for stride in (4, 8, 16)],
+        backbone_feature_sizes=[[image_size // (stride * 2**level)] * 2 for level in range(3)],
         fpn_hidden_size=dims.prompt_embed_dim,
     )
     return Sam2Config(
         vision_config=vision,
         prompt_encoder_config=Sam2PromptEncoderConfig(
-            hidden_size=dims.prompt_embed_dim, image_size=image_size, patch_size=SAM2_PATCH_SIZE
+            hidden_size=dims.prompt_embed_dim, image_size=image_size, patch_size=4 * stride
         ),
         mask_decoder_config=Sam2MaskDecoderConfig(
             hidden_size=dims.prompt_embed_dim,

@@ -1,6 +1,6 @@
 """Conversation templates: those of the LLaVA checkpoints GSVA starts from (``llava_v1``,
 ``llava_llama_2``), and ``chat_template``, the checkpoint tokenizer's own Jinja chat template
-(Qwen2.5-VL, InternVL).
+(Qwen2.5-VL, InternVL, LLaVA-NeXT).
 
 A template renders (question, answer) turns to one string and reports the character spans of the
 assistant's answers, which are the only supervised tokens.

@@ -112,8 +112,8 @@ class PromptSettings:
     released evaluation does (``RELEASE_EVAL_PROMPT``)."""
     backbone_image_marker: str | None = None
     """The image in a question as the backbone writes it, around the image placeholder (Qwen2.5-VL:
-    ``<|vision_start|><image><|vision_end|>``, InternVL: ``<img><image></img>``); None = LLaVA's,
-    by ``use_im_start_end``."""
+    ``<|vision_start|><image><|vision_end|>``, InternVL: ``<img><image></img>``, LLaVA-NeXT: the
+    bare ``<image>``); None = LLaVA's, by ``use_im_start_end``."""
 
     def __post_init__(self) -> None:
         marker = self.backbone_image_marker

@@ -6,10 +6,11 @@
 | ``llava_hf`` | ``model_type: llava`` (transformers' ``LlavaForConditionalGeneration``) | ``LlavaModel`` |
 | ``qwen2_5_vl`` | ``model_type: qwen2_5_vl`` | ``qwen2_5_vl.Qwen25VLBackbone`` |
 | ``internvl`` | ``model_type: internvl`` (the ``-hf`` layout) | ``internvl.InternVLBackbone`` |
+| ``llava_next`` | ``model_type: llava_next`` (llava-hf ``llava-v1.6-*-hf``) | ``llava_next.LlavaNextBackbone`` |
 
 Every adapter offers what ``GsvaModel`` uses (``Backbone``). ``auto`` reads the kind from the
-checkpoint's ``config.json``; a named kind must match it. Kinds that would load without error but
-wrongly (LLaVA-NeXT, whose anyres tiles and ``image_newline`` a plain LLaVA would drop) are refused.
+checkpoint's ``config.json``; a named kind must match it. Kinds close to a supported one that no
+adapter reads correctly (LLaVA-OneVision, Qwen2-VL) are refused by name.
 """
 
 from __future__ import annotations
@@ -21,25 +22,27 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from gsva.model.backbones import internvl, qwen2_5_vl
+from gsva.model.backbones import internvl, llava_next, qwen2_5_vl
 from gsva.model.backbones.internvl import load_internvl
+from gsva.model.backbones.llava_next import load_llava_next
 from gsva.model.backbones.qwen2_5_vl import load_qwen2_5_vl
 from gsva.model.generation import GreedyGeneration
 from gsva.model.llava_hf import load_llava_hf
 from gsva.model.mllm import load_llava
 from gsva.model.splicing import SplicedInputs
 
-BACKBONES = ("llava", "llava_hf", "qwen2_5_vl", "internvl")
+BACKBONES = ("llava", "llava_hf", "qwen2_5_vl", "internvl", "llava_next")
 """Backbone kinds (``model.backbone``; ``auto`` reads the kind from the checkpoint)."""
 
-IMAGE_MARKERS = {"qwen2_5_vl": qwen2_5_vl.IMAGE_MARKER, "internvl": internvl.IMAGE_MARKER}
+IMAGE_MARKERS = {
+    "qwen2_5_vl": qwen2_5_vl.IMAGE_MARKER, "internvl": internvl.IMAGE_MARKER, "llava_next": llava_next.IMAGE_MARKER,
+}
 """How the image is written into the first question, by the kinds whose conversations are rendered
 by the checkpoint tokenizer's chat template (``data.conversation: chat_template``)."""
 
 REFUSED_MODEL_TYPES = {
-    "llava_next": "LLaVA-NeXT (anyres tiling and image_newline are not implemented; as a plain LLaVA it would "
-    "silently drop both)",
-    "llava_onevision": "LLaVA-OneVision (anyres tiling is not implemented)",
+    "llava_onevision": "LLaVA-OneVision (its anyres_max tiling, which pools large feature grids, is not implemented; "
+    "llava_next reads LLaVA-NeXT only)",
     "qwen2_vl": "Qwen2-VL (only Qwen2.5-VL is implemented)",
 }
 
@@ -50,13 +53,14 @@ class Backbone(Protocol):
     language_model: nn.Module
     """The causal LM (decoder + lm_head, nothing else: LoRA, resizing and checkpointing act on it)."""
     mm_projector: nn.Module
-    """(B, P, D_v) frozen features -> (B, P, D) in the LLM's embedding space."""
+    """(B, N, D_v) frozen features -> (B, P, D) in the LLM's embedding space (N ≠ P where the
+    projector merges patches, InternVL's pixel shuffle, or packs tiles, LLaVA-NeXT's)."""
 
     @property
     def hidden_size(self) -> int: ...
 
     def vision_features(self, clip_images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) uint8 -> (B, P, D_v) features of the frozen vision part (what a cache stores)."""
+        """(B, 3, S, S) uint8 -> (B, N, D_v) features of the frozen vision part (what a cache stores)."""
 
     def splice(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_features: torch.Tensor,
@@ -102,7 +106,7 @@ def checkpoint_kind(path: str | Path) -> str:
         return model_type
     raise ValueError(
         f"{path}: model_type {model_type!r} is not a supported multimodal LLM; supported: original LLaVA "
-        f"(mm_vision_tower in config.json), llava (llava-hf), qwen2_5_vl, internvl"
+        f"(mm_vision_tower in config.json), llava (llava-hf), qwen2_5_vl, internvl, llava_next"
     )
 
 
@@ -118,11 +122,16 @@ def resolve_backbone(setting: str, llava_path: str | Path | None) -> str:
     return found
 
 
-def load_backbone(kind: str, path: str | Path, vision_tower_path: str | Path | None, dtype: torch.dtype) -> Backbone:
+def load_backbone(
+    kind: str, path: str | Path, vision_tower_path: str | Path | None, dtype: torch.dtype, image_size: int
+) -> Backbone:
     """Load the checkpoint at ``path`` with the adapter of ``kind`` (``resolve_backbone``);
-    ``vision_tower_path`` applies to the original LLaVA layout (its CLIP tower lives apart)."""
+    ``vision_tower_path`` applies to the original LLaVA layout (its CLIP tower lives apart);
+    ``image_size`` (``data.clip_image_size``) to LLaVA-NeXT, whose tiles and token count it fixes."""
     if kind == "llava":
         return load_llava(path, vision_tower_path, dtype)
+    if kind == "llava_next":
+        return load_llava_next(path, dtype, image_size)
     loaders = {"llava_hf": load_llava_hf, "qwen2_5_vl": load_qwen2_5_vl, "internvl": load_internvl}
     if kind not in loaders:
         raise ValueError(f"unknown backbone {kind!r}; expected one of {list(BACKBONES)}")

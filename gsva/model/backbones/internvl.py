@@ -23,22 +23,23 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    PreTrainedModel,
-)
+from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedModel
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
 
+from gsva.model.backbones.hf_parts import (
+    causal_lm_of,
+    check_lora_merged,
+    check_model_type,
+    decoder_lora_target_modules,
+    ties_word_embeddings,
+)
 from gsva.model.hf_loading import load_checked
 from gsva.model.mllm import check_hidden_state_count
 from gsva.model.pixels import _channel_vector
@@ -99,24 +100,6 @@ def check_supported_config(config: InternVLConfig) -> None:
     height, width = config.vision_config.image_size
     if height != width:
         raise ValueError(f"vision image_size {config.vision_config.image_size}: only square tiles are supported")
-
-
-def ties_word_embeddings(language_model: PreTrainedModel) -> bool:
-    """Whether ``lm_head`` and the input embeddings share one weight."""
-    return language_model.get_output_embeddings().weight is language_model.get_input_embeddings().weight
-
-
-def causal_lm_of(hf: InternVLForConditionalGeneration) -> PreTrainedModel:
-    """A causal LM of ``hf``'s text config made of ``hf``'s own decoder and ``lm_head`` (no copy).
-    Its config ties the word embeddings exactly when ``hf``'s weights are tied, so that resizing
-    the token table keeps ``lm_head`` consistent."""
-    text_config = hf.config.text_config
-    text_config.tie_word_embeddings = hf.lm_head.weight is hf.get_input_embeddings().weight
-    with torch.device("meta"):
-        language_model = AutoModelForCausalLM.from_config(text_config)
-    language_model.model = hf.model.language_model
-    language_model.lm_head = hf.lm_head
-    return language_model
 
 
 class InternVLBackbone(SplicedDecoder):
@@ -203,14 +186,7 @@ class InternVLBackbone(SplicedDecoder):
             selected = outputs.hidden_states[layer]
         return selected[:, 1:].contiguous()
 
-    @staticmethod
-    def lora_target_modules(names: Sequence[str]) -> str:
-        """A peft ``target_modules`` regex selecting the modules called ``names`` (e.g. ``q_proj``,
-        ``v_proj``) inside the decoder layers of the language model only, whether peft is applied
-        to ``language_model``, to this backbone or to a model holding it (``mllm.``): the vision
-        tower's attention has modules of the same names."""
-        alternatives = "|".join(re.escape(name) for name in names)
-        return rf"^(?:(?:.*\.)?language_model\.)?model\.layers\.\d+\.(?:.*\.)?(?:{alternatives})$"
+    lora_target_modules = staticmethod(decoder_lora_target_modules)
 
     def hf_model(self) -> InternVLForConditionalGeneration:
         """An ``InternVLForConditionalGeneration`` made of this backbone's parts (shared, not copied),
@@ -238,19 +214,9 @@ class InternVLBackbone(SplicedDecoder):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model (``config.json`` + safetensors) and its image processor
         (``preprocessor_config.json``) in the transformers layout; LoRA must be merged first."""
-        lora = [name for name, _ in self.language_model.named_modules() if "lora_" in name]
-        if lora:
-            raise ValueError(f"the language model holds LoRA modules ({lora[0]}, …): merge them before saving")
+        check_lora_merged(self.language_model)
         self.hf_model().save_pretrained(str(directory))
         self.image_processor().save_pretrained(str(directory))
-
-
-def read_model_type(path: Path) -> str:
-    """The ``model_type`` of ``path/config.json``; FileNotFoundError naming the file when absent."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"InternVL checkpoint: {config_file} not found")
-    return json.loads(config_file.read_text()).get("model_type", "")
 
 
 def read_image_statistics(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -266,12 +232,9 @@ def load_internvl(path: str | Path, dtype: torch.dtype) -> InternVLBackbone:
     """Load a ``save_pretrained`` directory of ``InternVLForConditionalGeneration`` in ``dtype``;
     ValueError for a directory of another model type, or with a weight missing."""
     path = Path(path)
-    model_type = read_model_type(path)
-    if model_type != INTERNVL_MODEL_TYPE:
-        raise ValueError(
-            f"{path}: config.json has model_type {model_type!r}, expected {INTERNVL_MODEL_TYPE!r} "
-            "(an InternVL checkpoint in the transformers layout, e.g. OpenGVLab/InternVL3-1B-hf)"
-        )
+    check_model_type(
+        path, INTERNVL_MODEL_TYPE, "an InternVL checkpoint in the transformers layout, e.g. OpenGVLab/InternVL3-1B-hf"
+    )
     hf = load_checked(InternVLForConditionalGeneration, path, dtype)
     image_mean, image_std = read_image_statistics(path)
     return InternVLBackbone.from_hf(hf, image_mean, image_std)
