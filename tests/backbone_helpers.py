@@ -61,6 +61,22 @@ def backbone_logits(
     return spliced, hidden, backbone.lm_logits(hidden)
 
 
+def check_reloaded_logits(backbone, loaded, tokenizer, conversations: list[Turns], images: torch.Tensor) -> None:
+    """``loaded`` (``backbone`` saved and read back after two tokens were added to its table) gives
+    ``backbone``'s logits exactly, over the grown vocabulary, on ``conversations`` (one image each),
+    the first row holding the last added token."""
+    conv_to_image = torch.arange(len(conversations))
+    input_ids, mask, _ = tokenized_rows(tokenizer, conversations)
+    input_ids[0, 1] = len(tokenizer) + 1
+    with torch.no_grad():
+        results = [
+            backbone_logits(model, input_ids, mask, model.mm_projector(model.vision_features(images)), conv_to_image)[2]
+            for model in (backbone, loaded)
+        ]
+    assert results[1].shape[-1] == len(tokenizer) + 2
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
 def cached_vision_features(backbone, images: torch.Tensor, root: Path) -> torch.Tensor:
     """(B, N, D_v) features of ``images`` written to a feature cache at ``root`` and read back."""
     features = backbone.vision_features(images)

@@ -15,8 +15,8 @@ from gsva.model.backbones.internvl import (
     IMAGE_START_TOKEN,
     InternVLBackbone,
     load_internvl,
-    ties_word_embeddings,
 )
+from gsva.model.backbones.hf_parts import ties_word_embeddings
 from gsva.text.conversation import ChatTemplate
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from gsva.text.conversation_tokens import tokenize_conversation
@@ -25,6 +25,7 @@ from tests.backbone_helpers import (
     backbone_logits,
     check_cached_features_give_the_loss_of_pixels,
     check_generated_states_are_teacher_forced,
+    check_reloaded_logits,
     lora_holders,
     lora_module_names,
     random_images,
@@ -194,17 +195,7 @@ def test_save_load_round_trip(tokenizer, tmp_path, tie):
     loaded = load_internvl(tmp_path / "internvl", torch.float32).eval()
     assert (loaded.image_mean, loaded.image_std) == (mean, std)
     assert ties_word_embeddings(loaded.language_model) == tie
-    images = random_images(2, TILE)
-    conv_to_image = torch.tensor([0, 1])
-    input_ids, mask, _ = tokenized_rows(tokenizer, [TURNS, SHORT_TURNS])
-    input_ids[0, 1] = len(tokenizer) + 1
-    with torch.no_grad():
-        results = [
-            backbone_logits(model, input_ids, mask, model.mm_projector(model.vision_features(images)), conv_to_image)[2]
-            for model in (backbone, loaded)
-        ]
-    assert results[1].shape[-1] == len(tokenizer) + 2
-    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    check_reloaded_logits(backbone, loaded, tokenizer, [TURNS, SHORT_TURNS], random_images(2, TILE))
 
 
 def test_save_refuses_unmerged_lora(tokenizer, tmp_path):

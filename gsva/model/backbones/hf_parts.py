@@ -5,6 +5,7 @@ checkpoint directory."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Sequence
@@ -30,6 +31,20 @@ def causal_lm_of(hf: PreTrainedModel) -> PreTrainedModel:
     language_model.model = hf.model.language_model
     language_model.lm_head = hf.lm_head
     return language_model
+
+
+def hf_model_around(model_class: type[PreTrainedModel], config, language_model: PreTrainedModel) -> PreTrainedModel:
+    """A ``model_class`` of a copy of ``config`` whose text config and embedding tying are those of
+    ``language_model`` (the current token table), holding ``language_model``'s decoder and
+    ``lm_head`` (shared, not copied); its vision parts are left for the caller to attach."""
+    config = copy.deepcopy(config)
+    config.text_config = copy.deepcopy(language_model.config)
+    config.tie_word_embeddings = ties_word_embeddings(language_model)
+    with torch.device("meta"):
+        hf = model_class(config)
+    hf.model.language_model = language_model.model
+    hf.lm_head = language_model.lm_head
+    return hf
 
 
 def decoder_lora_target_modules(names: Sequence[str]) -> str:

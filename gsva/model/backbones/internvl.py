@@ -20,7 +20,6 @@ it always takes P = (image_size / patch_size)² · downsample_ratio² positions 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from gsva.model.backbones.hf_parts import (
     check_lora_merged,
     check_model_type,
     decoder_lora_target_modules,
-    ties_word_embeddings,
+    hf_model_around,
 )
 from gsva.model.hf_loading import load_checked
 from gsva.model.mllm import check_hidden_state_count
@@ -191,15 +190,9 @@ class InternVLBackbone(SplicedDecoder):
     def hf_model(self) -> InternVLForConditionalGeneration:
         """An ``InternVLForConditionalGeneration`` made of this backbone's parts (shared, not copied),
         its config updated to the current token table and embedding tying."""
-        config = copy.deepcopy(self.config)
-        config.text_config = copy.deepcopy(self.language_model.config)
-        config.tie_word_embeddings = ties_word_embeddings(self.language_model)
-        with torch.device("meta"):
-            hf = InternVLForConditionalGeneration(config)
+        hf = hf_model_around(InternVLForConditionalGeneration, self.config, self.language_model)
         hf.model.vision_tower = self.vision_tower
         hf.model.multi_modal_projector = self.mm_projector.multi_modal_projector
-        hf.model.language_model = self.language_model.model
-        hf.lm_head = self.language_model.lm_head
         return hf
 
     def image_processor(self) -> GotOcr2ImageProcessorPil:

@@ -29,7 +29,6 @@ unpadded grid), the count LLaVA-NeXT's processor expands its ``<image>`` token t
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from gsva.model.backbones.hf_parts import (
     check_lora_merged,
     check_model_type,
     decoder_lora_target_modules,
-    ties_word_embeddings,
+    hf_model_around,
 )
 from gsva.model.hf_loading import load_checked
 from gsva.model.mllm import check_hidden_state_count
@@ -286,16 +285,10 @@ class LlavaNextBackbone(SplicedDecoder):
     def hf_model(self) -> LlavaNextForConditionalGeneration:
         """A ``LlavaNextForConditionalGeneration`` made of this backbone's parts (shared, not
         copied), its config updated to the current token table and embedding tying."""
-        config = copy.deepcopy(self.hf_config)
-        config.text_config = copy.deepcopy(self.language_model.config)
-        config.tie_word_embeddings = ties_word_embeddings(self.language_model)
-        with torch.device("meta"):
-            hf = LlavaNextForConditionalGeneration(config)
+        hf = hf_model_around(LlavaNextForConditionalGeneration, self.hf_config, self.language_model)
         hf.model.vision_tower = self.vision_tower
         hf.model.multi_modal_projector = self.mm_projector.multi_modal_projector
         hf.model.image_newline = self.mm_projector.image_newline
-        hf.model.language_model = self.language_model.model
-        hf.lm_head = self.language_model.lm_head
         return hf
 
     def save_pretrained(self, directory: str | Path) -> None:
