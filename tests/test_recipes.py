@@ -38,7 +38,7 @@ def test_every_recipe_is_shipped():
     names = {str(p.relative_to(REPO / "configs")) for p in RECIPES}
     defaults = {stage.format(m) for stage in STAGES for m in MODELS}
     backbones = {stage.format(b) for stage in ("pretrain/gsva_{}.yaml", "finetune/grefcoco_{}.yaml") for b in BACKBONE_RECIPES}
-    demos = {"tiny_synthetic.yaml", "tiny_synthetic_release.yaml", "tiny_synthetic_qwen.yaml"}
+    demos = {"tiny_synthetic.yaml", "tiny_synthetic_release.yaml", "tiny_synthetic_qwen.yaml", "tiny_synthetic_sam2.yaml"}
     assert names == defaults | {_release_of(name) for name in defaults} | backbones | demos
 
 
