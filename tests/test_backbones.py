@@ -23,7 +23,7 @@ from transformers import (
 from gsva.config import ConfigError, load_config
 from gsva.model.backbones import checkpoint_kind, resolve_backbone
 from gsva.model.build import check_backbone_settings
-from gsva.model.llava_hf import load_llava_hf
+from gsva.model.backbones.llava_hf import load_llava_hf
 
 TINY_TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
 TINY_CLIP = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)

@@ -16,11 +16,13 @@ holds every parameter, frozen ones included): the values the run trained with, n
 ``merge_lora=True`` folds each LoRA adapter into its base weight (peft's merge,
 ``W + B·A·alpha/r``) and writes a self-contained model directory instead::
 
-    out/llava/        a LLaVA backbone: the original LLaVA layout, merged LLM + mm_projector
-                      (config.json, model.safetensors; the LLM part loads with LlamaForCausalLM);
-                      any other backbone: its transformers layout (``save_pretrained``, e.g. a
-                      Qwen2_5_VLForConditionalGeneration directory); + the base tokenizer
-    out/clip/         LLaVA only: the CLIP vision tower (HF directory, referenced by mm_vision_tower)
+    out/llava/        an original-layout LLaVA backbone (``model.backbone: llava``): that layout,
+                      merged LLM + mm_projector (config.json, model.safetensors; the LLM part loads
+                      with LlamaForCausalLM); any other backbone: its transformers layout
+                      (``save_pretrained``, e.g. a Qwen2_5_VLForConditionalGeneration directory, or a
+                      LlavaForConditionalGeneration one for llava_hf); + the base tokenizer
+    out/clip/         original-layout LLaVA only: the CLIP vision tower (HF directory, referenced by
+                      mm_vision_tower)
     out/sam.pth       the whole SAM (segment_anything key layout); with model.mask_decoder: sam2,
                       out/sam2/ instead (the whole Sam2Model, transformers layout)
     out/model.safetensors + config.yaml   model.finetune=frozen and the paths above: the trainable set
@@ -52,7 +54,8 @@ from gsva.atomic import write_json_atomic, write_torch_atomic
 from gsva.engine.checkpointing import resolve_resume
 from gsva.engine.deepspeed_files import check_deepspeed_files, load_deepspeed_file
 from gsva.model.gsva import GsvaModel
-from gsva.model.mllm import LlavaModel, save_llava_checkpoint
+from gsva.model.backbones import resolve_backbone
+from gsva.model.mllm import save_llava_checkpoint
 from gsva.model.directory import CONFIG_NAME, load_trainable_weights, save_pretrained, write_weights_dir
 from gsva.pipeline import build_pipeline
 from gsva.model.trainable import apply_trainable_policy
@@ -202,11 +205,11 @@ def write_merged(model: GsvaModel, cfg: Config, out: Path) -> tuple[Config, int]
     config of the written directory and the number of merged layers."""
     merged = merge_lora_(model.mllm.language_model)
     llava_dir, clip_dir = out / "llava", out / "clip"
-    if isinstance(model.mllm, LlavaModel):
+    if resolve_backbone(cfg.model.backbone, cfg.model.llava_path) == "llava":
         save_llava_checkpoint(model.mllm, llava_dir, clip_dir)  # the original layout, its CLIP tower apart
         vision_tower_path = str(clip_dir.resolve())
     else:
-        model.mllm.save_pretrained(llava_dir)  # the checkpoint's own transformers layout
+        model.mllm.save_pretrained(llava_dir)  # the checkpoint's own transformers layout (llava-hf included)
         vision_tower_path = None
     # The base tokenizer (task tokens are added again on load, with the same ids).
     load_tokenizer(cfg.model.tokenizer_path or cfg.model.llava_path, cfg.data.model_max_length).save_pretrained(str(llava_dir))

@@ -3,7 +3,7 @@
 | ``model.backbone`` | checkpoint (``config.json``) | adapter |
 |---|---|---|
 | ``llava`` | the original LLaVA layout (``mm_vision_tower``) | ``gsva.model.mllm.LlavaModel`` |
-| ``llava_hf`` | ``model_type: llava`` (transformers' ``LlavaForConditionalGeneration``) | ``LlavaModel`` |
+| ``llava_hf`` | ``model_type: llava`` (transformers' ``LlavaForConditionalGeneration``) | ``gsva.model.backbones.llava_hf.LlavaHfModel`` (a ``LlavaModel``) |
 | ``qwen2_5_vl`` | ``model_type: qwen2_5_vl`` | ``qwen2_5_vl.Qwen25VLBackbone`` |
 | ``internvl`` | ``model_type: internvl`` (the ``-hf`` layout) | ``internvl.InternVLBackbone`` |
 | ``llava_next`` | ``model_type: llava_next`` (llava-hf ``llava-v1.6-*-hf``) | ``llava_next.LlavaNextBackbone`` |
@@ -27,7 +27,7 @@ from gsva.model.backbones.internvl import load_internvl
 from gsva.model.backbones.llava_next import load_llava_next
 from gsva.model.backbones.qwen2_5_vl import load_qwen2_5_vl
 from gsva.model.generation import GreedyGeneration
-from gsva.model.llava_hf import load_llava_hf
+from gsva.model.backbones.llava_hf import load_llava_hf
 from gsva.model.mllm import load_llava
 from gsva.model.splicing import SplicedInputs
 
