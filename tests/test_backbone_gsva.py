@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gsva.config import EvalConfig, load_config
+from gsva.config import ConfigError, EvalConfig, load_config
 from gsva.data.refer_seg.dataset import ReferSegDataset
 from gsva.data.refer_seg.reader import ReferIndex
 from gsva.data.samples import Collator
@@ -23,8 +23,10 @@ from gsva.evaluation.benchmarks import parse_benchmark
 from gsva.evaluation.report import evaluate_benchmark
 from gsva.evaluation.settings import EvalSettings
 from gsva.inference import Segmenter
+from gsva.model.backbones import CHAT_TEMPLATE_ONLY
 from gsva.model.directory import load_trainable_weights, save_pretrained
 from gsva.pipeline import build_pipeline
+from gsva.text.special_tokens import IMAGE_TOKEN_INDEX
 from tests.backbone_checkpoints import (
     INTERNVL_IMAGE_SIZE,
     LLAVA_NEXT_IMAGE_SIZE,
@@ -76,6 +78,25 @@ def test_the_backbone_is_chosen_from_the_checkpoint_and_prompted_with_its_chat_t
     assert {"qwen2_5_vl": "<|vision_start|><|vision_end|>", "internvl": "<img></img>", "llava_next": "user\n\n"}[kind] in text
     answer = pipeline.tokenizer.decode([t for t in sample.labels[0].tolist() if t >= 0])
     assert answer.endswith("<|im_end|>\n") and ("[SEG]" in answer or "[REJ]" in answer)
+
+
+def test_llavas_own_conversations_are_taken_by_llava_next_only(checkpoint, synthetic_root):
+    """llava-v1.6-vicuna was tuned on Vicuna-v1's conversations: LLaVA-NeXT may be prompted with
+    ``llava_v1``; Qwen2.5-VL and InternVL are refused anything but their chat template."""
+    kind, _, _ = checkpoint
+    cfg = backbone_config(checkpoint, synthetic_root, "data.conversation=llava_v1")
+    if kind in CHAT_TEMPLATE_ONLY:
+        with pytest.raises(ConfigError, match="data.conversation"):
+            build_pipeline(cfg)
+        return
+    pipeline = build_pipeline(cfg)
+    batch = batch_of(pipeline, items=(0,))
+    text = pipeline.tokenizer.decode([t for t in batch.input_ids[0].tolist() if t >= 0])
+    assert "A chat between a curious human" in text and " ASSISTANT:" in text and "<|im_start|>" not in text
+    assert int((batch.input_ids[0] == IMAGE_TOKEN_INDEX).sum()) == 1
+    answer = pipeline.tokenizer.decode([t for t in batch.labels[0].tolist() if t >= 0])
+    assert answer.endswith("</s>") and ("[SEG]" in answer or "[REJ]" in answer)
+    assert torch.isfinite(pipeline.model(batch).total)
 
 
 def test_one_training_step_moves_lora_of_the_language_model_only(checkpoint, synthetic_root):

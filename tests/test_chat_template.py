@@ -187,3 +187,38 @@ def test_without_a_backbone_marker_the_image_is_llava_s(qwen_directory):
 def test_a_backbone_marker_holds_the_placeholder_once_without_llava_wrapping(qwen_tokenizer, marker, use_im_start_end):
     with pytest.raises(ValueError, match="image marker"):
         PromptSettings(ChatTemplate(qwen_tokenizer), [SEG_TOKEN], use_im_start_end, backbone_image_marker=marker)
+
+
+TYPED_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% for item in message['content'] | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT: {% endif %}"
+)
+"""A template that reads typed content items only (as llava-hf's do): a string's text is dropped."""
+
+
+def test_a_template_of_typed_content_items_gets_its_text(tmp_path):
+    tokenizer = loaded(tokenizer_directory(tmp_path, TYPED_TEMPLATE, None))
+    question, answer = TURNS[0]
+    as_strings = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False)
+    assert question not in as_strings  # what a template of typed items does with plain strings, silently
+    template = ChatTemplate(tokenizer)
+    rendered = template.render(TURNS[:2])
+    assert template.typed_content
+    assert rendered.text.startswith(f"USER: {question}\nASSISTANT: {answer}<|im_end|>\nUSER: {TURNS[1][0]}")
+    assert supervised_runs(tokenizer, tokenize_conversation(rendered, tokenizer)) == [
+        f"{answer}<|im_end|>\n", f"{TURNS[1][1]}<|im_end|>\n",
+    ]
+    assert template.render([(question, None)]).text == f"USER: {question}\nASSISTANT: "
+
+
+def test_plain_string_content_stays_plain(qwen_tokenizer):
+    assert not ChatTemplate(qwen_tokenizer).typed_content
+
+
+def test_a_template_that_writes_no_message_text_is_refused_naming_the_tokenizer(tmp_path):
+    directory = tokenizer_directory(tmp_path, "{% for message in messages %}{{ message['role'] }}\n{% endfor %}", None)
+    with pytest.raises(ValueError, match="neither plain-string nor typed") as error:
+        ChatTemplate(loaded(directory)).render(TURNS[:1])
+    assert str(directory) in str(error.value)

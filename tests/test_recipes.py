@@ -17,8 +17,12 @@ MODELS = {"vicuna7b": (8, "llava_v1"), "vicuna13b": (64, "llava_v1"), "llama2_13
 RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))
 
 
-BACKBONE_RECIPES = {"qwen2_5_vl_7b": "qwen2_5_vl", "internvl3_8b": "internvl"}
-"""GSVA's recipe on other multimodal LLMs -> their ``model.backbone``."""
+BACKBONE_RECIPES = {
+    "qwen2_5_vl_7b": ("qwen2_5_vl", "chat_template"),
+    "internvl3_8b": ("internvl", "chat_template"),
+    "llava_next_vicuna7b": ("llava_next", "llava_v1"),
+}
+"""GSVA's recipe on other multimodal LLMs -> their (``model.backbone``, ``data.conversation``)."""
 BACKBONE_KEYS = {
     "run.output_dir", "model.backbone", "model.llava_path", "model.vision_tower_path", "data.conversation",
     "data.clip_image_size", "model.init_weights",
@@ -237,5 +241,5 @@ def test_backbone_recipes_keep_gsvas_steps_batch_and_loss(stage: str, backbone: 
     changed = _differences(stage.format("vicuna7b"), stage.format(backbone))
     assert changed <= BACKBONE_KEYS, changed - BACKBONE_KEYS
     cfg = load_config(REPO / "configs" / stage.format(backbone))
-    assert cfg.model.backbone == BACKBONE_RECIPES[backbone] and cfg.data.conversation == "chat_template"
+    assert (cfg.model.backbone, cfg.data.conversation) == BACKBONE_RECIPES[backbone]
     assert "UNTESTED AT SCALE" in (REPO / "configs" / stage.format(backbone)).read_text()

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from gsva.config import Config, ConfigError
 from gsva.model.gsva import GsvaModel
-from gsva.model.backbones import IMAGE_MARKERS, load_backbone, resolve_backbone
+from gsva.model.backbones import CHAT_TEMPLATE_ONLY, IMAGE_MARKERS, load_backbone, resolve_backbone
 from gsva.model.mllm import LlavaModel, build_tiny_llava
 from gsva.model.mask_head import build_visual_model
 from gsva.model.trainable import add_lora, apply_trainable_policy
@@ -93,7 +93,7 @@ def check_backbone_settings(cfg: Config, kind: str) -> None:
     model_cfg = cfg.model
     if cfg.model.llava_path is None and kind != "llava":
         raise ConfigError(f"model.backbone={kind!r} needs model.llava_path (random tiny models are LLaVA only)")
-    if kind in IMAGE_MARKERS and cfg.data.conversation != "chat_template":
+    if kind in CHAT_TEMPLATE_ONLY and cfg.data.conversation != "chat_template":
         raise ConfigError(
             f"data.conversation={cfg.data.conversation!r}: a {kind} backbone is prompted with its checkpoint's chat "
             "template; set data.conversation=chat_template"

@@ -9,7 +9,10 @@ assistant's answers, which are the only supervised tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 Turns = list[tuple[str, str | None]]
@@ -85,7 +88,10 @@ TEMPLATES = {template.name: template for template in (LLAVA_V1, LLAVA_LLAMA_2)}
 CHAT_TEMPLATE = "chat_template"
 """``data.conversation`` of a backbone prompted with its checkpoint tokenizer's own chat template."""
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
+
+TEXT_PROBE = ("which colour is the sky", "blue, mostly")
+"""A question and answer that a chat template must render verbatim (to tell how it takes content)."""
 
 
 def chat_messages(turns: Turns) -> Messages:
@@ -104,6 +110,11 @@ def chat_messages(turns: Turns) -> Messages:
     return messages
 
 
+def typed_items(messages: Messages) -> Messages:
+    """Messages with their string content as one typed text item, ``[{"type": "text", "text": ...}]``."""
+    return [{**message, "content": [{"type": "text", "text": message["content"]}]} for message in messages]
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     """Conversations rendered by ``tokenizer.apply_chat_template``: the Jinja chat template of the
@@ -113,6 +124,10 @@ class ChatTemplate:
     rendering of the conversation up to answer k: the answer, its end-of-turn token (e.g.
     ``<|im_end|>``) and what the template writes after it before the next turn. The template must
     render every conversation as a prefix of its continuations (``ValueError`` otherwise).
+
+    Content is passed as plain strings (ChatML templates, Qwen's and InternVL's) or, for templates
+    that only read typed items (llava-hf's, which drop a string's text without an error), as one
+    ``{"type": "text"}`` item per message: ``typed_content`` decides which, once.
     """
 
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
@@ -134,10 +149,30 @@ class ChatTemplate:
         spans = [self.answer_span(messages, index, text) for index in range(1, len(messages), 2)]
         return RenderedConversation(text=text, answer_spans=spans)
 
+    @cached_property
+    def typed_content(self) -> bool:
+        """Whether the template takes message content as typed items rather than plain strings: the
+        form in which it renders the text of ``TEXT_PROBE``'s question and answer (strings first).
+        ``ValueError`` when neither form renders them."""
+        probe = chat_messages([TEXT_PROBE])
+        for typed in (False, True):
+            try:
+                text = self.tokenizer.apply_chat_template(typed_items(probe) if typed else probe, tokenize=False)
+            except (TemplateError, TypeError):
+                continue
+            if all(part in text for part in TEXT_PROBE):
+                return typed
+        raise ValueError(
+            f"the chat template of {self.tokenizer.name_or_path!r} renders the text of neither plain-string nor "
+            "typed ({'type': 'text', 'text': ...}) message content; give the tokenizer a template that writes "
+            "each message's text, or use data.conversation=llava_v1"
+        )
+
     def apply(self, messages: Messages, add_generation_prompt: bool) -> str:
         """``messages`` rendered by the tokenizer's chat template."""
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            typed_items(messages) if self.typed_content else messages,
+            tokenize=False, add_generation_prompt=add_generation_prompt,
         )
 
     def answer_span(self, messages: Messages, answer_index: int, text: str) -> tuple[int, int]:

@@ -37,8 +37,14 @@ BACKBONES = ("llava", "llava_hf", "qwen2_5_vl", "internvl", "llava_next")
 IMAGE_MARKERS = {
     "qwen2_5_vl": qwen2_5_vl.IMAGE_MARKER, "internvl": internvl.IMAGE_MARKER, "llava_next": llava_next.IMAGE_MARKER,
 }
-"""How the image is written into the first question, by the kinds whose conversations are rendered
-by the checkpoint tokenizer's chat template (``data.conversation: chat_template``)."""
+"""How the image is written into the first question, by the transformers-layout kinds whose
+conversations may be rendered by the checkpoint tokenizer's chat template (``data.conversation:
+chat_template``)."""
+
+CHAT_TEMPLATE_ONLY = ("qwen2_5_vl", "internvl")
+"""Kinds prompted with their checkpoint's chat template only. LLaVA-NeXT also takes LLaVA's own
+templates: its marker is LLaVA's ``<image>``, and llava-v1.6-vicuna was tuned on Vicuna-v1's
+conversations (``llava_v1`` with "user" for "human" in the system prompt)."""
 
 REFUSED_MODEL_TYPES = {
     "llava_onevision": "LLaVA-OneVision (its anyres_max tiling, which pools large feature grids, is not implemented; "
