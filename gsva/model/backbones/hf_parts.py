@@ -1,7 +1,7 @@
 """What the adapters of transformers' ``*ForConditionalGeneration`` models share when their language
 side is a plain causal LM (InternVL, LLaVA-NeXT): the causal LM made of the model's own decoder and
-``lm_head``, a LoRA regex limited to its layers, and the checks made before reading or writing a
-checkpoint directory."""
+``lm_head``, a LoRA regex limited to its layers, and the checks made on a config or a checkpoint
+directory before it is read or written."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 
 def ties_word_embeddings(language_model: PreTrainedModel) -> bool:
@@ -62,6 +62,19 @@ def check_lora_merged(language_model: PreTrainedModel) -> None:
     lora = [name for name, _ in language_model.named_modules() if "lora_" in name]
     if lora:
         raise ValueError(f"the language model holds LoRA modules ({lora[0]}, …): merge them before saving")
+
+
+def check_feature_selection(config: PretrainedConfig, source: str, grid_user: str) -> None:
+    """ValueError naming ``source`` and the field unless the image features are one layer's
+    (``vision_feature_layer`` an int) patches without CLS (``vision_feature_select_strategy``
+    ``default``): the grid that ``grid_user`` needs."""
+    if not isinstance(config.vision_feature_layer, int):
+        raise ValueError(f"{source}: vision_feature_layer={config.vision_feature_layer!r}; only a single layer is supported")
+    if config.vision_feature_select_strategy != "default":
+        raise ValueError(
+            f"{source}: vision_feature_select_strategy={config.vision_feature_select_strategy!r}; only 'default' "
+            f"(patches without CLS, the grid {grid_user} needs) is supported"
+        )
 
 
 def check_model_type(path: Path, expected: str, description: str) -> None:

@@ -34,6 +34,7 @@ from transformers.models.internvl.modeling_internvl import InternVLMultiModalPro
 
 from gsva.model.backbones.hf_parts import (
     causal_lm_of,
+    check_feature_selection,
     check_lora_merged,
     check_model_type,
     decoder_lora_target_modules,
@@ -89,13 +90,7 @@ class InternVLProjector(nn.Module):
 
 def check_supported_config(config: InternVLConfig) -> None:
     """Raise ValueError unless the vision features come from one layer, without CLS, on a square tile."""
-    if not isinstance(config.vision_feature_layer, int):
-        raise ValueError(f"vision_feature_layer={config.vision_feature_layer!r}: only a single layer is supported")
-    if config.vision_feature_select_strategy != "default":
-        raise ValueError(
-            f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}: only 'default' (patches "
-            "without CLS, the grid that pixel shuffle needs) is supported"
-        )
+    check_feature_selection(config, config.name_or_path or type(config).__name__, "pixel shuffle")
     height, width = config.vision_config.image_size
     if height != width:
         raise ValueError(f"vision image_size {config.vision_config.image_size}: only square tiles are supported")

@@ -46,6 +46,7 @@ from transformers.models.llava_next.modeling_llava_next import (
 
 from gsva.model.backbones.hf_parts import (
     causal_lm_of,
+    check_feature_selection,
     check_lora_merged,
     check_model_type,
     decoder_lora_target_modules,
@@ -135,13 +136,7 @@ class LlavaNextProjector(nn.Module):
 def check_supported_config(config: LlavaNextConfig, source: str) -> None:
     """ValueError naming ``source`` and the field unless the image features come from one layer of
     a CLIP tower, without CLS, through a GELU projector."""
-    if not isinstance(config.vision_feature_layer, int):
-        raise ValueError(f"{source}: vision_feature_layer={config.vision_feature_layer!r}; only a single layer is supported")
-    if config.vision_feature_select_strategy != "default":
-        raise ValueError(
-            f"{source}: vision_feature_select_strategy={config.vision_feature_select_strategy!r}; only 'default' "
-            "(patches without CLS, the grid the packing needs) is supported"
-        )
+    check_feature_selection(config, source, "the packing")
     if config.projector_hidden_act != "gelu":
         raise ValueError(f"{source}: projector_hidden_act={config.projector_hidden_act!r}; only 'gelu' is supported")
     if config.vision_config.model_type != "clip_vision_model":
