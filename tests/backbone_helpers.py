@@ -18,6 +18,32 @@ from gsva.model.splicing import SplicedInputs
 from gsva.text.conversation import ChatTemplate, Turns
 from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.special_tokens import IGNORE_INDEX
+from gsva.text.tokenizer import load_tokenizer, train_tiny_bpe
+
+
+CORPUS = [
+    "What is in the picture? Where is the red square? It is [SEG]. Nothing like that: [REJ].",
+    "The blue circle and the green triangle are on the left; the yellow star is missing.",
+]
+"""What the tiny chat tokenizers of these tests are trained on."""
+
+
+def chat_tokenizer(directory: Path, extra_tokens: tuple[str, ...], chat_template: str):
+    """A BPE tokenizer of 300 entries trained on ``CORPUS`` with ``extra_tokens`` and
+    ``chat_template``, saved to ``directory`` and loaded back."""
+    built = train_tiny_bpe(CORPUS, 300, directory, extra_tokens=extra_tokens)
+    built.chat_template = chat_template
+    built.save_pretrained(str(directory))
+    return load_tokenizer(directory, 512)
+
+
+def conversations(image_marker: str) -> tuple[Turns, Turns]:
+    """Two GSVA conversations with the backbone's ``image_marker``: two turns (a [SEG] answer, then
+    a [REJ] one), and a short single turn."""
+    return (
+        [(f"{image_marker}\nWhere is the red square?", "It is [SEG]."), ("And the star?", "[REJ].")],
+        [(f"{image_marker}\nThe circle?", "[SEG].")],
+    )
 
 
 def unit_scale_(model: nn.Module) -> None:

@@ -187,6 +187,20 @@ def tiny_pipeline(synthetic_root, tokenizer_dir) -> Pipeline:
 SCRIPTS = REPO / "scripts"
 
 
+def fit_one_batch(model: torch.nn.Module, batch, steps: int, lr: float = 3e-3) -> list[dict[str, float]]:
+    """Train ``model``'s trainable parameters on ``batch`` for ``steps`` AdamW steps; each step's
+    losses (``total``, ``ce``, ``bce``, ``dice``) as floats, measured before its update."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    history = []
+    for _ in range(steps):
+        losses = model(batch)
+        optimizer.zero_grad()
+        losses.total.backward()
+        optimizer.step()
+        history.append({name: float(getattr(losses, name)) for name in ("total", "ce", "bce", "dice")})
+    return history
+
+
 def run_script(name: str, argv: list[str]) -> int:
     """``main(argv)`` of ``scripts/<name>.py`` in this process (its exit status); what it prints
     goes to this process's stdout and stderr."""

@@ -35,7 +35,7 @@ from tests.backbone_checkpoints import (
     write_tiny_llava_next,
     write_tiny_qwen2_5_vl,
 )
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, fit_one_batch
 
 CHECKPOINTS = {
     "qwen2_5_vl": (write_tiny_qwen2_5_vl, QWEN_IMAGE_SIZE),
@@ -172,12 +172,5 @@ def test_gsva_learns_a_batch_on_the_backbone(checkpoint, synthetic_root):
     drive its loss down (the whole-demo runs on a tiny Qwen2.5-VL are in docs/backbones.md)."""
     pipeline = build_pipeline(backbone_config(checkpoint, synthetic_root, "model.lora_r=8"))
     model, batch = pipeline.model, batch_of(pipeline, items=(0, 1, 2, 3))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = model(batch)
-        optimizer.zero_grad()
-        loss.total.backward()
-        optimizer.step()
-        losses.append(loss.total.item())
+    losses = [step["total"] for step in fit_one_batch(model, batch, steps=30)]
     assert losses[-1] < 0.5 * losses[0], losses

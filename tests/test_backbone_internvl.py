@@ -20,8 +20,9 @@ from gsva.model.backbones.hf_parts import ties_word_embeddings
 from gsva.text.conversation import ChatTemplate
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from gsva.text.conversation_tokens import tokenize_conversation
-from gsva.text.tokenizer import load_tokenizer, train_tiny_bpe
 from tests.backbone_helpers import (
+    chat_tokenizer,
+    conversations,
     backbone_logits,
     check_cached_features_give_the_loss_of_pixels,
     check_generated_states_are_teacher_forced,
@@ -40,22 +41,14 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CORPUS = [
-    "What is in the picture? Where is the red square? It is [SEG]. Nothing like that: [REJ].",
-    "The blue circle and the green triangle are on the left; the yellow star is missing.",
-]
-TURNS = [(f"{IMAGE_MARKER}\nWhere is the red square?", "It is [SEG]."), ("And the star?", "[REJ].")]
-SHORT_TURNS = [(f"{IMAGE_MARKER}\nThe circle?", "[SEG].")]
+TURNS, SHORT_TURNS = conversations(IMAGE_MARKER)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     directory = tmp_path_factory.mktemp("internvl_tokenizer")
     special = (IMAGE_START_TOKEN, IMAGE_END_TOKEN, IMAGE_CONTEXT_TOKEN, "<|im_start|>", "<|im_end|>")
-    built = train_tiny_bpe(CORPUS, 300, directory, extra_tokens=special)
-    built.chat_template = CHAT_TEMPLATE
-    built.save_pretrained(str(directory))
-    return load_tokenizer(directory, 512)
+    return chat_tokenizer(directory, special, CHAT_TEMPLATE)
 
 
 def tiny_config(tokenizer, vision_feature_layer: int = -1, tie: bool = True) -> InternVLConfig:

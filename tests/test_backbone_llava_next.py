@@ -30,8 +30,9 @@ from gsva.model.backbones.llava_next import (
 from gsva.text.conversation import ChatTemplate
 from gsva.text.conversation_tokens import tokenize_conversation
 from gsva.text.special_tokens import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
-from gsva.text.tokenizer import load_tokenizer, train_tiny_bpe
 from tests.backbone_helpers import (
+    chat_tokenizer,
+    conversations,
     backbone_logits,
     check_cached_features_give_the_loss_of_pixels,
     check_generated_states_are_teacher_forced,
@@ -56,21 +57,13 @@ CHAT_TEMPLATE = (
     "{% else %} {{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
 """llava-v1.6-mistral's conversation form: the template writes BOS itself."""
-CORPUS = [
-    "What is in the picture? Where is the red square? It is [SEG]. Nothing like that: [REJ].",
-    "The blue circle and the green triangle are on the left; the yellow star is missing.",
-]
-TURNS = [(f"{IMAGE_MARKER}\nWhere is the red square?", "It is [SEG]."), ("And the star?", "[REJ].")]
-SHORT_TURNS = [(f"{IMAGE_MARKER}\nThe circle?", "[SEG].")]
+TURNS, SHORT_TURNS = conversations(IMAGE_MARKER)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     directory = tmp_path_factory.mktemp("llava_next_tokenizer")
-    built = train_tiny_bpe(CORPUS, 300, directory, extra_tokens=(IMAGE_PLACEHOLDER,))
-    built.chat_template = CHAT_TEMPLATE
-    built.save_pretrained(str(directory))
-    return load_tokenizer(directory, 512)
+    return chat_tokenizer(directory, (IMAGE_PLACEHOLDER,), CHAT_TEMPLATE)
 
 
 def tiny_config(tokenizer, tie: bool = False, pinpoints: list[list[int]] = PINPOINTS) -> LlavaNextConfig:

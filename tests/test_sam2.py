@@ -28,7 +28,7 @@ from gsva.model.mask_head import mask_head_of
 from gsva.model.pixels import normalize_sam2_images
 from gsva.model.sam2 import Sam2Head, build_sam2, build_tiny_sam2
 from gsva.pipeline import Pipeline, build_pipeline
-from tests.conftest import seeded_pipeline, tiny_config
+from tests.conftest import fit_one_batch, seeded_pipeline, tiny_config
 
 SIZE = 64
 SAM2 = "model.mask_decoder=sam2"
@@ -164,15 +164,8 @@ def test_gsva_with_sam2_learns_a_batch(synthetic_root, tokenizer_dir):
     dataset = ReferSegDataset(ReferIndex(pipeline.cfg.data.dataset_dir), "train", pipeline.builder, True)
     samples = [dataset.sample(item, random.Random(item)) for item in range(4)]
     model, batch = pipeline.model, Collator(pipeline.tokenizer.pad_token_id, SIZE)(samples)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    totals, dice = [], []
-    for _ in range(100):
-        losses = model(batch)
-        optimizer.zero_grad()
-        losses.total.backward()
-        optimizer.step()
-        totals.append(losses.total.item())
-        dice.append(losses.dice.item())
+    history = fit_one_batch(model, batch, steps=100)
+    totals, dice = [step["total"] for step in history], [step["dice"] for step in history]
     assert totals[-1] < 0.5 * totals[0], totals
     assert np.mean(dice[-10:]) < 0.85 * np.mean(dice[:10]), dice
 
