@@ -197,7 +197,7 @@ def fit_one_batch(model: torch.nn.Module, batch, steps: int, lr: float = 3e-3) -
         optimizer.zero_grad()
         losses.total.backward()
         optimizer.step()
-        history.append({name: float(getattr(losses, name)) for name in ("total", "ce", "bce", "dice")})
+        history.append({name: getattr(losses, name).item() for name in ("total", "ce", "bce", "dice")})
     return history
 
 
